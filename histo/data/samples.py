@@ -1,0 +1,20 @@
+"""Real H&E images that ship with histo (licences in ``samples/LICENSES.md``).
+
+Laid out as ``<tissue>/<file>`` so the ``folder`` adapter reads them like any user folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SAMPLES_DIR = Path(__file__).parent / "samples"
+
+
+def sample_dir() -> Path:
+    """The folder of shipped real samples."""
+    return SAMPLES_DIR
+
+
+def sample_paths() -> list[Path]:
+    """Every shipped sample image, sorted."""
+    return sorted(p for p in SAMPLES_DIR.glob("*/*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))

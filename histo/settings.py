@@ -1,0 +1,84 @@
+"""One Settings object, read from ``HISTO_*`` environment variables.
+
+Nested values use ``__``: ``HISTO_TILING__TILE_SIZE=256``. ``get_settings()`` is called only at
+the entry points (CLI, gRPC service, Celery worker); library code takes plain arguments.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TilingSettings(BaseModel):
+    """How images become tiles; the same values feed ``histo.data.tiling.TilingConfig``."""
+
+    tile_size: int = Field(224, ge=16, le=4096)
+    stride: int | None = Field(None, ge=1, description="defaults to tile_size (no overlap)")
+    target_mpp: float | None = Field(None, gt=0, description="resample to this µm/px when known")
+    min_tissue: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class ImageSettings(BaseModel):
+    """Limits on decoded images: our own bomb limit instead of Pillow's silent default."""
+
+    max_pixels: int = Field(250_000_000, ge=1)
+
+
+class QdrantSettings(BaseModel):
+    """Empty ``url`` means the embedded store under ``HISTO_HOME``; set it for a Qdrant server."""
+
+    url: str | None = None
+    api_key: SecretStr | None = None
+    collection: str = "histo"
+
+
+class RedisSettings(BaseModel):
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+class GrpcSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    token: SecretStr | None = None
+    max_message_mb: int = Field(32, ge=1, le=1024)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+class Settings(BaseSettings):
+    """Everything histo can be configured with; all state lives under ``home``."""
+
+    model_config = SettingsConfigDict(env_prefix="HISTO_", env_nested_delimiter="__", extra="ignore")
+
+    home: Path = Path(".histo")
+    tiling: TilingSettings = TilingSettings()
+    images: ImageSettings = ImageSettings()
+    qdrant: QdrantSettings = QdrantSettings()
+    redis: RedisSettings = RedisSettings()
+    grpc: GrpcSettings = GrpcSettings()
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "index"
+
+    @property
+    def encoders_dir(self) -> Path:
+        return self.home / "encoders"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; only entry points call this."""
+    return Settings()

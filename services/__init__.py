@@ -1,0 +1,1 @@
+"""Runtimes that serve histo over the network (gRPC search service)."""

@@ -1,0 +1,1 @@
+"""The gRPC search service: server, servicer and the one table of error codes."""

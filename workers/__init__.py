@@ -1,0 +1,1 @@
+"""Celery workers that embed tiles with every encoder and upsert them into Qdrant."""
