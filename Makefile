@@ -3,9 +3,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEMO   := $(or $(HISTO_HOME),.histo)/demo
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint redis clean
 
 setup: $(STAMP)
 
@@ -15,16 +14,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job on the embedded default. Grows with the project: train -> ingest -> evaluate -> search.
+# The main job on the embedded default: synthetic data + real samples -> train -> ingest -> evaluate -> search.
 demo: setup
-	$(BIN)/histocli data synth bach $(DEMO)/bach --slides 8 --tiles-per-slide 16 --seed 0
-	$(BIN)/histocli data synth bracs $(DEMO)/bracs --slides 8 --tiles-per-slide 14 --seed 0
-	$(BIN)/histocli data scan $(DEMO)/bach --dataset bach --decode
-	$(BIN)/histocli data scan $(DEMO)/bracs --dataset bracs --decode
-	$(BIN)/histocli data scan histo/data/samples --dataset folder --decode
+	$(BIN)/histocli demo
 
-test: setup lint
+test: setup redis lint
 	$(BIN)/python -m pytest -q
+
+# Integration tests start their own redis-server on a free loopback port; install it if missing.
+redis:
+	command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
 
 lint: setup
 	$(BIN)/ruff check .

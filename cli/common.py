@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -12,6 +12,9 @@ from rich.console import Console
 from histo.data.tiling import TilingConfig
 from histo.errors import HistoError
 from histo.settings import Settings
+
+if TYPE_CHECKING:
+    from histo.store.base import VectorStore
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -65,3 +68,15 @@ TARGET_MPP = typer.Option(
     None, "--target-mpp", help="Resample tiles to this µm/px when the source's is known."
 )
 MIN_TISSUE = typer.Option(None, "--min-tissue", help="Drop tiles with less tissue than this fraction (0..1).")
+
+
+def open_index(settings: Settings) -> VectorStore:
+    """The configured store: a Qdrant server when HISTO_QDRANT__URL is set, else the embedded index."""
+    from histo.store import open_store
+
+    return open_store(
+        url=settings.qdrant.url,
+        api_key=settings.qdrant.api_key,
+        path=settings.index_dir,
+        collection=settings.qdrant.collection,
+    )

@@ -35,8 +35,14 @@ def list_encoders(ctx: typer.Context) -> None:
         trained_on = f"{meta.data.get('dataset', '-')} ({meta.data.get('tiles', '-')} tiles)"
         knn = meta.training.get("val_knn_acc")
         artifacts.add_row(
-            folder.name, meta.method, meta.architecture, str(meta.embedding_dim), str(meta.input_size),
-            str(meta.orientation_pooling), trained_on, f"{knn:.3f}" if isinstance(knn, float) else "-",
+            folder.name,
+            meta.method,
+            meta.architecture,
+            str(meta.embedding_dim),
+            str(meta.input_size),
+            str(meta.orientation_pooling),
+            trained_on,
+            f"{knn:.3f}" if isinstance(knn, float) else "-",
         )
     console.print(artifacts)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import data_scan, data_synth, encoders, train
+from cli import data_scan, data_synth, demo, encoders, evaluate, index, ingest, search, serve, train, worker
 from histo import __version__
 from histo.settings import get_settings
 
@@ -21,6 +21,13 @@ data_app.command("scan")(data_scan.scan)
 app.add_typer(data_app, name="data")
 app.command("train")(train.train)
 app.add_typer(encoders.app, name="encoders")
+app.command("ingest")(ingest.ingest)
+app.add_typer(index.app, name="index")
+app.command("worker")(worker.worker)
+app.command("search")(search.search)
+app.command("serve")(serve.serve)
+app.command("evaluate")(evaluate.evaluate)
+app.command("demo")(demo.demo)
 
 
 def _version(value: bool) -> None:

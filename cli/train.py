@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from cli.common import MIN_TISSUE, STRIDE, TARGET_MPP, TILE_SIZE, console, domain_errors, settings_of, tiling_config
+from cli.common import (
+    MIN_TISSUE,
+    STRIDE,
+    TARGET_MPP,
+    TILE_SIZE,
+    console,
+    domain_errors,
+    settings_of,
+    tiling_config,
+)
 
 
 @domain_errors
@@ -18,13 +27,23 @@ def train(
     epochs: int = typer.Option(10, "--epochs", min=1),
     batch_size: int = typer.Option(64, "--batch-size", min=2),
     backbone: str = typer.Option("resnet18", "--backbone", help="resnet18 or resnet50."),
-    backbone_weights: Path | None = typer.Option(None, "--backbone-weights", help="Initialise from this state dict."),
-    input_size: int = typer.Option(224, "--input-size", min=32, help="Pixels the encoder sees (tiles are resized)."),
-    devices: str = typer.Option("auto", "--devices", help="auto: all GPUs with DDP, else CPU; or cpu, or a count."),
-    precision: str = typer.Option("auto", "--precision", help="auto: bf16-mixed where the GPU has it, else 32-true."),
+    backbone_weights: Path | None = typer.Option(
+        None, "--backbone-weights", help="Initialise from this state dict."
+    ),
+    input_size: int = typer.Option(
+        224, "--input-size", min=32, help="Pixels the encoder sees (tiles are resized)."
+    ),
+    devices: str = typer.Option(
+        "auto", "--devices", help="auto: all GPUs with DDP, else CPU; or cpu, or a count."
+    ),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto: bf16-mixed where the GPU has it, else 32-true."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of this run."),
     minutes: float | None = typer.Option(None, "--minutes", help="Stop after this many minutes."),
-    out: Path | None = typer.Option(None, "--out", help="Artifact folder (default HISTO_HOME/encoders/METHOD)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Artifact folder (default HISTO_HOME/encoders/METHOD)."
+    ),
     workers: int | None = typer.Option(None, "--workers", help="DataLoader worker processes."),
     seed: int = typer.Option(0, "--seed"),
     tile_size: int | None = TILE_SIZE,

@@ -37,7 +37,10 @@ class QdrantSettings(BaseModel):
 
 
 class RedisSettings(BaseModel):
+    """Celery broker; a killed worker's batch is redelivered after ``visibility_timeout`` seconds."""
+
     url: str = "redis://127.0.0.1:6379/0"
+    visibility_timeout: int = Field(3600, ge=1)
 
 
 class GrpcSettings(BaseModel):

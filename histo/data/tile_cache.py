@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -68,7 +69,7 @@ def _build(
     records: list[ImageRecord], config: TilingConfig, max_pixels: int, folder: Path, progress: bool
 ) -> tuple[TileSet, list[Problem]]:
     folder.mkdir(parents=True, exist_ok=True)
-    index: dict[str, list] = {"labels": [], "splits": [], "groups": [], "problems": []}
+    index: dict[str, Any] = {"labels": [], "splits": [], "groups": [], "problems": []}
     with (folder / "tiles.u8").open("wb") as out:
         for record in tqdm(records, desc="cutting tiles", unit="img", disable=not progress):
             try:
@@ -88,6 +89,10 @@ def _read(folder: Path, tile_size: int) -> tuple[TileSet, list[Problem]]:
     index = json.loads((folder / "index.json").read_text())
     count = len(index["labels"])
     shape = (count, tile_size, tile_size, 3)
-    pixels = np.memmap(folder / "tiles.u8", dtype=np.uint8, mode="r", shape=shape) if count else np.zeros(shape, np.uint8)
+    pixels = (
+        np.memmap(folder / "tiles.u8", dtype=np.uint8, mode="r", shape=shape)
+        if count
+        else np.zeros(shape, np.uint8)
+    )
     problems = [Problem(path, reason) for path, reason in index["problems"]]
     return TileSet(pixels, index["labels"], index["splits"], index["groups"], index["dataset"]), problems

@@ -77,10 +77,12 @@ def test_domain_errors_are_one_red_line(tmp_path: Path) -> None:
 
 def test_synth_then_scan_round_trip(tmp_path: Path) -> None:
     out = tmp_path / "bracs"
-    result = runner.invoke(app, ["data", "synth", "bracs", str(out), "--slides", "3", "--tiles-per-slide", "7"])
+    args = ["data", "synth", "bracs", str(out), "--slides", "3", "--tiles-per-slide", "7"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "3 slides, 21 images, 21 tiles" in result.output and (out / "contact_sheet.png").is_file()
-    report = json.loads(runner.invoke(app, ["data", "scan", str(out), "-d", "bracs", "--decode", "--json"]).output)
+    scan_args = ["data", "scan", str(out), "-d", "bracs", "--decode", "--json"]
+    report = json.loads(runner.invoke(app, scan_args).output)
     assert (report["images"], report["tiles"], report["problems"]) == (21, 21, [])
     assert {g["split"] for g in report["groups"]} == {"train", "val", "test"}
     bad = runner.invoke(app, ["data", "synth", "bracs", str(out), "--slides", "0"])

@@ -1,0 +1,66 @@
+"""``histocli evaluate --dataset NAME``: which encoder retrieves best, as a report with plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cli.common import console, domain_errors, open_index, settings_of
+from histo.errors import InvalidInputError
+
+
+def parse_ks(text: str) -> list[int]:
+    """``"1,5,10"`` to ``[1, 5, 10]``, with a clear error for anything else."""
+    try:
+        ks = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise InvalidInputError(
+            f"-k {text!r}: give positive integers separated by commas, e.g. 1,5,10"
+        ) from None
+    if not ks or ks[0] < 1:
+        raise InvalidInputError(f"-k {text!r}: give positive integers separated by commas, e.g. 1,5,10")
+    return ks
+
+
+@domain_errors
+def evaluate(
+    ctx: typer.Context,
+    dataset: str = typer.Option(..., "--dataset", "-d", help="The data set to evaluate on, as ingested."),
+    encoders: str = typer.Option(
+        "all", "--encoders", "-e", help="all (every vector in the index) or a comma list."
+    ),
+    k: str = typer.Option("1,5,10", "-k", help="Cut-offs, comma separated."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Report folder (default HISTO_HOME/reports/DATASET)."
+    ),
+    data: Path | None = typer.Option(None, "--data", help="The data set folder, to draw the query grid."),
+    max_queries: int = typer.Option(
+        2000, "--max-queries", min=1, help="Sample this many queries on larger sets."
+    ),
+    seed: int = typer.Option(0, "--seed"),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Label the report as synthetic data."),
+) -> None:
+    """Leave-one-out retrieval (own image and slide excluded) for every encoder, with a report."""
+    from histo.evaluation import evaluate as run_evaluation
+    from histo.report import comparison_table, write_report
+
+    settings = settings_of(ctx)
+    ks = parse_ks(k)
+    chosen = None if encoders.strip() == "all" else [e.strip() for e in encoders.split(",") if e.strip()]
+    with open_index(settings) as store:
+        results = run_evaluation(store, dataset, chosen, ks, max_queries=max_queries, seed=seed)
+    folder = out or settings.reports_dir / dataset
+    report = write_report(results, dataset, folder, ks, {dataset: data} if data else None, synthetic)
+    main = [c for k_ in ks for c in (f"mMV@{k_}", f"mAP@{k_}")] + ["Acc@1"]
+    header, rows = comparison_table(results, ks, main)
+    table = Table(title=f"retrieval on {dataset} (leave-one-out, own image and slide excluded)")
+    for column in header:
+        table.add_column(
+            column, justify="left" if column == "encoder" else "right", no_wrap=True, min_width=len(column)
+        )
+    for row in rows:
+        table.add_row(*[cell.replace("**", "") for cell in row])
+    console.print(table, crop=False)
+    console.print(f"report: {report}")

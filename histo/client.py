@@ -1,0 +1,348 @@
+"""``SearchClient``: a small Python client of the gRPC search service (``histocli serve``).
+
+It returns the same plain dataclasses as the in-process engine (``histo.search``), so code can
+switch between ``SearchEngine`` and ``SearchClient`` without changes, and it raises histo errors,
+never ``grpc.RpcError``: a failure the server raised on purpose comes back as the same class
+(``UnknownNameError``, ``ImageDecodeError``, ``NotFoundError``, ``StoreUnavailableError``, ...)
+with the server's message; transport failures become ``ServiceError`` subclasses. Every error
+carries the gRPC status name in ``.grpc_code``.
+
+    with SearchClient("127.0.0.1:50051", token=...) as client:
+        result = client.search(image=Path("query.png").read_bytes(), encoder="nnclr", top_k=5)
+        for hit in result.hits:
+            print(hit.score, hit.payload["label"])
+
+Payload numbers travel as JSON numbers (doubles); whole numbers are turned back into ``int``, so
+payloads compare equal to the store's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+import numpy as np
+from google.protobuf import json_format, struct_pb2
+from pydantic import SecretStr
+
+from histo.data.records import Box
+from histo.errors import (
+    DatasetLayoutError,
+    HistoError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    InvalidInputError,
+    NotFoundError,
+    StoreLockedError,
+    StoreUnavailableError,
+    UnknownNameError,
+)
+from histo.rpc.v1 import search_pb2, search_pb2_grpc
+from histo.search import (
+    DEFAULT_TOP_K,
+    EncoderInfo,
+    IndexStats,
+    SearchHit,
+    SearchResult,
+    check_per_image,
+    check_top_k,
+)
+from histo.store.base import SearchFilter
+
+MIB = 1024 * 1024
+#: Trailing metadata naming the histo error class of a failed call (see services/search/errors.py).
+ERROR_CLASS_KEY = "histo-error"
+_KNOWN_ERRORS: dict[str, type[HistoError]] = {
+    cls.__name__: cls
+    for cls in (
+        InvalidInputError,
+        DatasetLayoutError,
+        ImageDecodeError,
+        ImageTooLargeError,
+        UnknownNameError,
+        NotFoundError,
+        StoreUnavailableError,
+        StoreLockedError,
+    )
+}
+
+
+class ServiceError(HistoError):
+    """The search service failed in a way that is not one of histo's own errors."""
+
+    grpc_code: str = "UNKNOWN"
+
+
+class ServiceUnavailableError(ServiceError):
+    """The server cannot be reached, did not answer in time, or is still loading its encoders."""
+
+
+class AuthenticationError(ServiceError):
+    """The server wants a token (HISTO_GRPC__TOKEN) and the call had none or a wrong one."""
+
+
+class MessageTooLargeError(ServiceError, InvalidInputError):
+    """The request is larger than the server accepts (HISTO_GRPC__MAX_MESSAGE_MB)."""
+
+
+def _error_from(exc: grpc.RpcError, target: str, timeout: float | None) -> HistoError:
+    """The histo error a failed call stands for, with the server's message."""
+    code: grpc.StatusCode = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if hasattr(exc, "details") else None) or code.name
+    trailers = dict(exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else {}
+    known = _KNOWN_ERRORS.get(str(trailers.get(ERROR_CLASS_KEY, "")))
+    error: HistoError
+    if known is not None:
+        error = known(details)
+    elif code == grpc.StatusCode.UNAUTHENTICATED:
+        error = AuthenticationError(f"the search server at {target} refused the call: {details}")
+    elif code == grpc.StatusCode.UNAVAILABLE:
+        error = ServiceUnavailableError(
+            f"the search server at {target} is unavailable: {details}; is `histocli serve` running there?"
+        )
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        error = ServiceUnavailableError(f"the search server at {target} did not answer within {timeout} s")
+    elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        error = MessageTooLargeError(
+            f"{details}; send a smaller image or raise HISTO_GRPC__MAX_MESSAGE_MB on the server"
+        )
+    elif code == grpc.StatusCode.INVALID_ARGUMENT:
+        error = InvalidInputError(details)
+    elif code == grpc.StatusCode.NOT_FOUND:
+        error = NotFoundError(details)
+    else:
+        error = ServiceError(f"the search server at {target} failed: {code.name}: {details}")
+    error.grpc_code = code.name  # type: ignore[attr-defined]
+    return error
+
+
+def payload_from(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A payload Struct as a dict, whole numbers back as ints (JSON numbers are doubles)."""
+    return {key: _restore(value) for key, value in json_format.MessageToDict(struct).items()}
+
+
+def _restore(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, list):
+        return [_restore(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _restore(v) for k, v in value.items()}
+    return value
+
+
+def filter_message(flt: SearchFilter | None) -> search_pb2.Filter:
+    flt = flt or SearchFilter()
+    return search_pb2.Filter(
+        dataset=flt.dataset or "",
+        labels=list(flt.labels),
+        split=flt.split or "",
+        exclude_image_ids=list(flt.exclude_image_ids),
+        exclude_slide_ids=list(flt.exclude_slide_ids),
+        exclude_patient_ids=list(flt.exclude_patient_ids),
+    )
+
+
+class SearchClient:
+    """A connection to a search server at ``target`` (``host:port``).
+
+    ``token``: sent as ``authorization: Bearer <token>`` on every call. ``tls_ca``: a PEM file (or
+    its bytes) of the CA that signed the server's certificate, or the self-signed certificate
+    itself; the channel is plaintext without it. ``timeout``: seconds per call.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        token: str | SecretStr | None = None,
+        tls_ca: Path | bytes | None = None,
+        *,
+        timeout: float | None = 60.0,
+        max_message_mb: int = 256,
+        server_name: str | None = None,
+    ) -> None:
+        if not isinstance(target, str) or not target.strip():
+            raise InvalidInputError(f"the server address must be HOST:PORT, got {target!r}")
+        self.target = target.strip()
+        self.timeout = timeout
+        secret = token.get_secret_value() if isinstance(token, SecretStr) else token
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {secret}"),) if secret else ()
+        )
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_send_message_length", -1),  # the server's limit decides, and says so
+            ("grpc.max_receive_message_length", max_message_mb * MIB),
+        ]
+        if tls_ca is None:
+            self._channel = grpc.insecure_channel(self.target, options=options)
+        else:
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            credentials = grpc.ssl_channel_credentials(root_certificates=_read_pem(tls_ca))
+            self._channel = grpc.secure_channel(self.target, credentials, options=options)
+        self._stub = search_pb2_grpc.SearchServiceStub(self._channel)
+
+    # -- calls -----------------------------------------------------------------------------------
+
+    def search(
+        self,
+        image: bytes | Path | None = None,
+        point_id: str | None = None,
+        vector: Sequence[float] | np.ndarray | None = None,
+        *,
+        encoder: str | None = None,
+        top_k: int = DEFAULT_TOP_K,
+        filter: SearchFilter | None = None,
+        per_image: int | None = None,
+        include_same_image: bool = False,
+        mpp: float | None = None,
+        exact: bool = False,
+    ) -> SearchResult:
+        """Like ``SearchEngine.search``; ``image`` may also be a file path, read here."""
+        request = search_pb2.SearchRequest(
+            encoder=encoder or "",
+            top_k=check_top_k(top_k),
+            filter=filter_message(filter),
+            include_same_image=include_same_image,
+            mpp=mpp or 0.0,
+            exact=exact,
+        )
+        given = [
+            n for n, v in (("image", image), ("point_id", point_id), ("vector", vector)) if v is not None
+        ]
+        if len(given) > 1:
+            raise InvalidInputError(f"give exactly one query: an image, a point id or a vector (got {given})")
+        if isinstance(image, Path):
+            image = _read_image(image)
+        if image is not None and not isinstance(image, bytes | bytearray | memoryview):
+            raise InvalidInputError(f"image must be the file's bytes or a Path, got {type(image).__name__}")
+        if image is not None:
+            request.image = bytes(image)
+        elif point_id is not None:
+            request.point_id = point_id
+        elif vector is not None:
+            request.vector.values.extend(float(x) for x in np.asarray(vector, dtype=np.float64).ravel())
+        if per_image is not None:
+            request.grouping.per_image = check_per_image(per_image) or 1
+        response = self._call(self._stub.Search, request)
+        return SearchResult(
+            hits=[
+                SearchHit(
+                    h.id,
+                    float(h.score),
+                    payload_from(h.payload),
+                    h.query_tile if h.HasField("query_tile") else None,
+                )
+                for h in response.hits
+            ],
+            encoder=response.encoder,
+            took_ms=response.took_ms,
+            query_boxes=[Box(b.x, b.y, b.w, b.h) for b in response.query_boxes],
+        )
+
+    def list_encoders(self) -> list[EncoderInfo]:
+        response = self._call(self._stub.ListEncoders, search_pb2.ListEncodersRequest())
+        return [
+            EncoderInfo(
+                name=e.name,
+                kind=e.kind,
+                method=e.method,
+                architecture=e.architecture,
+                dim=e.dim,
+                input_size=e.input_size,
+                orientation_pooling=e.orientation_pooling,
+                data=payload_from(e.data),
+                training=payload_from(e.training),
+                points=e.points,
+                is_default=e.is_default,
+            )
+            for e in response.encoders
+        ]
+
+    def stats(self) -> IndexStats:
+        r = self._call(self._stub.GetIndexStats, search_pb2.GetIndexStatsRequest())
+        return IndexStats(
+            collection=r.collection,
+            points=r.points,
+            vectors={name: {"dim": v.dim, "points": v.points} for name, v in sorted(r.vectors.items())},
+            datasets={name: d.points for name, d in sorted(r.datasets.items())},
+            labels={name: dict(sorted(d.labels.items())) for name, d in sorted(r.datasets.items())},
+            encoders=sorted(r.searchable_encoders),
+        )
+
+    def health(self, service: str = "") -> str:
+        """The server's health status name for ``service`` ("" = the whole server): SERVING, ..."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service))
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the channel connects and health says SERVING, or raise after ``timeout``."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                if self.health() == "SERVING":
+                    return
+            except HistoError as exc:
+                last = exc
+            time.sleep(0.05)
+        raise ServiceUnavailableError(
+            f"the search server at {self.target} was not SERVING within {timeout} s"
+            + (f" ({last})" if last else "")
+        )
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise _error_from(exc, self.target, self.timeout) from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _read_pem(source: Path | bytes) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    try:
+        return Path(source).read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read the TLS CA file {source}: {exc.strerror}") from None
+
+
+def _read_image(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageDecodeError(f"{path}: is a folder; give an image file") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"{path}: cannot be read ({exc.strerror})") from None
+
+
+__all__ = [
+    "AuthenticationError",
+    "MessageTooLargeError",
+    "SearchClient",
+    "ServiceError",
+    "ServiceUnavailableError",
+]

@@ -1,0 +1,1 @@
+"""Encoders: SSL methods (trainable) and baselines, one registry; artifacts carry preprocessing."""

@@ -1,0 +1,1 @@
+"""Generated gRPC code of ``proto/histo/rpc`` (committed; regenerate with ``scripts/gen_proto.sh``)."""

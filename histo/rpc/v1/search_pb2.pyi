@@ -1,0 +1,189 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Vector(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Filter(_message.Message):
+    __slots__ = ("dataset", "labels", "split", "exclude_image_ids", "exclude_slide_ids", "exclude_patient_ids")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_IMAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_SLIDE_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_PATIENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    split: str
+    exclude_image_ids: _containers.RepeatedScalarFieldContainer[str]
+    exclude_slide_ids: _containers.RepeatedScalarFieldContainer[str]
+    exclude_patient_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, dataset: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., split: _Optional[str] = ..., exclude_image_ids: _Optional[_Iterable[str]] = ..., exclude_slide_ids: _Optional[_Iterable[str]] = ..., exclude_patient_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Grouping(_message.Message):
+    __slots__ = ("per_image",)
+    PER_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    per_image: int
+    def __init__(self, per_image: _Optional[int] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("image", "point_id", "vector", "encoder", "top_k", "filter", "grouping", "include_same_image", "mpp", "exact")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    POINT_ID_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    GROUPING_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SAME_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MPP_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    point_id: str
+    vector: Vector
+    encoder: str
+    top_k: int
+    filter: Filter
+    grouping: Grouping
+    include_same_image: bool
+    mpp: float
+    exact: bool
+    def __init__(self, image: _Optional[bytes] = ..., point_id: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., encoder: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., grouping: _Optional[_Union[Grouping, _Mapping]] = ..., include_same_image: _Optional[bool] = ..., mpp: _Optional[float] = ..., exact: _Optional[bool] = ...) -> None: ...
+
+class Box(_message.Message):
+    __slots__ = ("x", "y", "w", "h")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    W_FIELD_NUMBER: _ClassVar[int]
+    H_FIELD_NUMBER: _ClassVar[int]
+    x: int
+    y: int
+    w: int
+    h: int
+    def __init__(self, x: _Optional[int] = ..., y: _Optional[int] = ..., w: _Optional[int] = ..., h: _Optional[int] = ...) -> None: ...
+
+class Hit(_message.Message):
+    __slots__ = ("id", "score", "payload", "query_tile")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    QUERY_TILE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    score: float
+    payload: _struct_pb2.Struct
+    query_tile: int
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., query_tile: _Optional[int] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("hits", "encoder", "took_ms", "query_boxes")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
+    TOOK_MS_FIELD_NUMBER: _ClassVar[int]
+    QUERY_BOXES_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    encoder: str
+    took_ms: float
+    query_boxes: _containers.RepeatedCompositeFieldContainer[Box]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., encoder: _Optional[str] = ..., took_ms: _Optional[float] = ..., query_boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ...) -> None: ...
+
+class ListEncodersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EncoderInfo(_message.Message):
+    __slots__ = ("name", "kind", "method", "architecture", "dim", "input_size", "orientation_pooling", "trained_on", "data", "training", "points", "is_default")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ORIENTATION_POOLING_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_ON_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    method: str
+    architecture: str
+    dim: int
+    input_size: int
+    orientation_pooling: int
+    trained_on: str
+    data: _struct_pb2.Struct
+    training: _struct_pb2.Struct
+    points: int
+    is_default: bool
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., method: _Optional[str] = ..., architecture: _Optional[str] = ..., dim: _Optional[int] = ..., input_size: _Optional[int] = ..., orientation_pooling: _Optional[int] = ..., trained_on: _Optional[str] = ..., data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., training: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., points: _Optional[int] = ..., is_default: _Optional[bool] = ...) -> None: ...
+
+class ListEncodersResponse(_message.Message):
+    __slots__ = ("encoders",)
+    ENCODERS_FIELD_NUMBER: _ClassVar[int]
+    encoders: _containers.RepeatedCompositeFieldContainer[EncoderInfo]
+    def __init__(self, encoders: _Optional[_Iterable[_Union[EncoderInfo, _Mapping]]] = ...) -> None: ...
+
+class GetIndexStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VectorStats(_message.Message):
+    __slots__ = ("dim", "points")
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    dim: int
+    points: int
+    def __init__(self, dim: _Optional[int] = ..., points: _Optional[int] = ...) -> None: ...
+
+class DatasetStats(_message.Message):
+    __slots__ = ("points", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    points: int
+    labels: _containers.ScalarMap[str, int]
+    def __init__(self, points: _Optional[int] = ..., labels: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class GetIndexStatsResponse(_message.Message):
+    __slots__ = ("collection", "points", "vectors", "datasets", "searchable_encoders")
+    class VectorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: VectorStats
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[VectorStats, _Mapping]] = ...) -> None: ...
+    class DatasetsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: DatasetStats
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[DatasetStats, _Mapping]] = ...) -> None: ...
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    SEARCHABLE_ENCODERS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    points: int
+    vectors: _containers.MessageMap[str, VectorStats]
+    datasets: _containers.MessageMap[str, DatasetStats]
+    searchable_encoders: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collection: _Optional[str] = ..., points: _Optional[int] = ..., vectors: _Optional[_Mapping[str, VectorStats]] = ..., datasets: _Optional[_Mapping[str, DatasetStats]] = ..., searchable_encoders: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -1,0 +1,558 @@
+"""The query engine: image bytes, a point id or a raw vector in; ranked, filtered tiles out.
+
+Backend-agnostic (any ``VectorStore``) and transport-agnostic: ``histocli search`` calls it
+in-process, the gRPC servicer (``services/search``) translates messages to and from it, and both
+therefore return the same hits for the same query.
+
+Rules it implements (the proto comments in ``proto/histo/rpc/v1/search.proto`` say the same):
+
+* **Searchable encoders** are those that are both a loaded artifact and a named vector of the same
+  dimension in the index. Encoders are loaded once, when the engine is built, and warmed up with
+  one forward pass, so the first query is not slower than the others.
+* **Query by point id**: search with the point's stored vector; the point itself is never returned
+  and, unless ``include_same_image``, neither is any other tile of its image (a user usually wants
+  *other* images like this one; neighbouring tiles of one image would crowd them out).
+* **Query image larger than one tile**: it is cut exactly as ingestion cuts images
+  (``histo.data.tiling.grid_boxes``: a grid of tile-size squares at the tiling stride, remainder
+  strips dropped, a side shorter than a tile taken whole, every tile resized to the tile size),
+  background tiles are dropped by the ingestion tissue test (if all are background, the one with
+  the most tissue is kept), and at most ``max_query_tiles`` tiles with the most tissue are kept.
+  Each query tile is searched separately with the same filter and the lists are combined by
+  **max similarity**: an indexed tile scores its best cosine similarity against any query tile,
+  appears once, and records that query tile (``SearchHit.query_tile``). Per-tile top-k lists
+  suffice for this to be exact: a tile among the true top k by max score, reaching its max at
+  query tile t, is outranked in t's list only by tiles whose max is higher still, so at most k-1
+  of them, so it is in t's top k.
+* **Grouping** (``per_image``): each image keeps its best ``per_image`` hits, then the top k are
+  cut. Candidates are fetched in widening rounds (x4), excluding images already full through the
+  store filter, until the k-th kept score is at least every unfetched candidate's possible score
+  (the last score of every list that came back full), or ``MAX_CANDIDATES`` per query tile.
+* Scores are rounded to float32, the precision of the engine and of the wire format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from histo.data.images import DEFAULT_MAX_PIXELS, load_rgb
+from histo.data.records import Box
+from histo.data.tiling import TilingConfig, cut_tile, grid_boxes
+from histo.data.tissue import tissue_fraction
+from histo.errors import InvalidInputError, NotFoundError, UnknownNameError, unknown_name
+from histo.store.base import SearchFilter, VectorStore, canonical_id
+
+if TYPE_CHECKING:  # torch is imported only when encoders are loaded
+    from histo.embedding import Embedder
+    from histo.encoders.artifact import ArtifactMeta
+    from histo.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOP_K = 10
+MAX_TOP_K = 1000
+MAX_QUERY_TILES = 64
+#: The most candidates fetched per query tile when grouping needs to look deeper.
+MAX_CANDIDATES = 10_000
+#: Baselines in the order they are preferred as the default encoder (after any trained SSL encoder).
+_BASELINE_PREFERENCE = ("imagenet", "random", "colorhist")
+
+
+# ------------------------------------------------------------------------------------------------
+# Results
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """One ranked tile: the store's id, score and payload, plus, for image queries, the index into
+    ``SearchResult.query_boxes`` of the query tile it matched best."""
+
+    id: str
+    score: float
+    payload: dict[str, Any]
+    query_tile: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """Hits best first, the encoder used, time taken and, for image queries, the query tiles."""
+
+    hits: list[SearchHit]
+    encoder: str
+    took_ms: float
+    query_boxes: list[Box] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (what ``histocli search --json`` prints)."""
+        return {
+            "encoder": self.encoder,
+            "took_ms": round(self.took_ms, 3),
+            "query_boxes": [dataclasses.asdict(b) for b in self.query_boxes],
+            "hits": [
+                {"id": h.id, "score": h.score, "payload": h.payload}
+                | ({} if h.query_tile is None else {"query_tile": h.query_tile})
+                for h in self.hits
+            ],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderInfo:
+    """A searchable encoder as ``ListEncoders`` describes it."""
+
+    name: str
+    kind: str
+    method: str
+    architecture: str
+    dim: int
+    input_size: int
+    orientation_pooling: int
+    data: dict[str, Any]
+    training: dict[str, Any]
+    points: int
+    is_default: bool = False
+
+    @property
+    def trained_on(self) -> str:
+        """One line: the training data set and its size, or '-' for an untrained baseline."""
+        dataset = self.data.get("dataset")
+        if not dataset:
+            return "-"
+        tiles = self.data.get("tiles")
+        return f"{dataset} ({tiles} tiles)" if tiles is not None else str(dataset)
+
+    @classmethod
+    def from_meta(cls, name: str, meta: ArtifactMeta, points: int, is_default: bool) -> EncoderInfo:
+        return cls(
+            name=name,
+            kind=meta.kind,
+            method=meta.method,
+            architecture=meta.architecture,
+            dim=meta.embedding_dim,
+            input_size=meta.input_size,
+            orientation_pooling=meta.orientation_pooling,
+            data=dict(meta.data),
+            training=dict(meta.training),
+            points=points,
+            is_default=is_default,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class IndexStats:
+    """What the index holds; ``vectors`` maps encoder -> {"dim", "points"} as ``VectorStore.stats``."""
+
+    collection: str
+    points: int
+    vectors: dict[str, dict[str, int]]
+    datasets: dict[str, int]
+    labels: dict[str, dict[str, int]]
+    encoders: list[str]
+
+    @classmethod
+    def from_store(cls, figures: Mapping[str, Any], encoders: Iterable[str]) -> IndexStats:
+        return cls(
+            collection=str(figures.get("collection", "")),
+            points=int(figures.get("points", 0)),
+            vectors={
+                name: {"dim": int(v["dim"]), "points": int(v["points"])}
+                for name, v in (figures.get("vectors") or {}).items()
+            },
+            datasets={k: int(v) for k, v in (figures.get("datasets") or {}).items()},
+            labels={
+                d: {label: int(n) for label, n in per.items()}
+                for d, per in (figures.get("labels") or {}).items()
+            },
+            encoders=sorted(encoders),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------
+# Which encoders can be searched
+# ------------------------------------------------------------------------------------------------
+
+
+def searchable_artifacts(store: VectorStore, encoders_dir: Path) -> dict[str, tuple[Path, ArtifactMeta]]:
+    """Artifacts under ``encoders_dir`` that are also a named vector of the same dimension in the
+    store, by name (the folder name, which is the vector name). Reads metadata only."""
+    from histo.encoders.artifact import list_artifacts
+
+    vectors = store.vectors()
+    found: dict[str, tuple[Path, ArtifactMeta]] = {}
+    for folder, meta in list_artifacts(Path(encoders_dir)):
+        dim = vectors.get(folder.name)
+        if dim is None:
+            continue
+        if dim != meta.embedding_dim:
+            log.warning(
+                "encoder %s makes %d-d vectors but the index holds %d-d ones under that name; not searchable",
+                folder.name,
+                meta.embedding_dim,
+                dim,
+            )
+            continue
+        found[folder.name] = (folder, meta)
+    return found
+
+
+def default_encoder(metas: Mapping[str, ArtifactMeta]) -> str | None:
+    """The encoder used when a query names none: a trained SSL encoder (by name) before any
+    baseline, and among baselines ImageNet, then random init, then the colour histogram."""
+
+    def rank(name: str) -> tuple[int, int, str]:
+        meta = metas[name]
+        if meta.kind != "baseline":
+            return (0, 0, name)
+        order = _BASELINE_PREFERENCE.index(meta.method) if meta.method in _BASELINE_PREFERENCE else 99
+        return (1, order, name)
+
+    return min(metas, key=rank) if metas else None
+
+
+# ------------------------------------------------------------------------------------------------
+# The engine
+# ------------------------------------------------------------------------------------------------
+
+
+class SearchEngine:
+    """Search one store with a fixed set of encoders (loaded once, at construction).
+
+    ``embedders`` maps vector name -> ``Embedder``; names that are not a named vector of the same
+    dimension in ``store`` are left out (``skipped`` says why). Thread-safe as far as the store and
+    the encoders are (both are: ``EdgeStore`` serialises calls, inference mutates nothing).
+    """
+
+    def __init__(
+        self,
+        store: VectorStore,
+        embedders: Mapping[str, Embedder],
+        *,
+        tiling: TilingConfig | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_query_tiles: int = MAX_QUERY_TILES,
+        default: str | None = None,
+        warm_up: bool = True,
+    ) -> None:
+        if max_query_tiles < 1:
+            raise InvalidInputError(f"max_query_tiles must be at least 1, got {max_query_tiles}")
+        self.store = store
+        self.tiling = tiling or TilingConfig()
+        self.max_pixels = max_pixels
+        self.max_query_tiles = max_query_tiles
+        vectors = store.vectors()
+        self.skipped: dict[str, str] = {}
+        self._embedders: dict[str, Embedder] = {}
+        for name, embedder in embedders.items():
+            if name not in vectors:
+                self.skipped[name] = f"the index {store.description} has no {name!r} vectors"
+            elif vectors[name] != embedder.dim:
+                self.skipped[name] = (
+                    f"it makes {embedder.dim}-d vectors, the index holds {vectors[name]}-d ones"
+                )
+            else:
+                self._embedders[name] = embedder
+        for name, why in self.skipped.items():
+            log.warning("encoder %s is not searchable: %s", name, why)
+        metas = {name: e.meta for name, e in self._embedders.items()}
+        if default is not None and default not in self._embedders:
+            raise self._unknown(default)
+        self.default = default or default_encoder(metas)
+        if warm_up:
+            self.warm_up()
+
+    @classmethod
+    def load(
+        cls,
+        store: VectorStore,
+        encoders_dir: Path,
+        names: Iterable[str] | None = None,
+        *,
+        device: str | None = None,
+        **kwargs: Any,
+    ) -> SearchEngine:
+        """Load the searchable artifacts under ``encoders_dir`` (all of them, or only ``names``)."""
+        from histo.embedding import Embedder
+
+        available = searchable_artifacts(store, encoders_dir)
+        if names is None:
+            chosen = list(available)
+        else:
+            chosen = list(dict.fromkeys(names))
+            for name in chosen:
+                if name not in available:
+                    raise cls._unknown_of(name, list(available), store)
+        embedders = {name: Embedder.from_artifact(available[name][0], device=device) for name in chosen}
+        return cls(store, embedders, **kwargs)
+
+    @classmethod
+    def from_settings(
+        cls, store: VectorStore, settings: Settings, names: Iterable[str] | None = None, **kwargs: Any
+    ) -> SearchEngine:
+        """``load`` with the encoders folder, tiling and pixel limit of ``settings``."""
+        tiling = TilingConfig(
+            tile_size=settings.tiling.tile_size,
+            stride=settings.tiling.stride,
+            target_mpp=settings.tiling.target_mpp,
+            min_tissue=settings.tiling.min_tissue,
+        )
+        kwargs.setdefault("tiling", tiling)
+        kwargs.setdefault("max_pixels", settings.images.max_pixels)
+        return cls.load(store, settings.encoders_dir, names, **kwargs)
+
+    # -- introspection ---------------------------------------------------------------------------
+
+    @property
+    def encoders(self) -> list[str]:
+        """Names of the searchable encoders."""
+        return sorted(self._embedders)
+
+    def embedder(self, name: str | None = None) -> Embedder:
+        return self._embedders[self._encoder(name)]
+
+    def warm_up(self) -> None:
+        """One forward pass per encoder (the first one allocates and is slow)."""
+        size = self.tiling.tile_size
+        blank = np.full((1, size, size, 3), 200, dtype=np.uint8)
+        for embedder in self._embedders.values():
+            embedder.embed(blank)
+
+    def list_encoders(self) -> list[EncoderInfo]:
+        """The searchable encoders with what they were trained on and how many tiles each covers."""
+        counts = (self.store.stats().get("vectors") or {}) if self._embedders else {}
+        return [
+            EncoderInfo.from_meta(
+                name,
+                self._embedders[name].meta,
+                int((counts.get(name) or {}).get("points", 0)),
+                name == self.default,
+            )
+            for name in self.encoders
+        ]
+
+    def stats(self) -> IndexStats:
+        return IndexStats.from_store(self.store.stats(), self.encoders)
+
+    # -- search ----------------------------------------------------------------------------------
+
+    def search(
+        self,
+        *,
+        image: bytes | None = None,
+        point_id: str | None = None,
+        vector: Sequence[float] | np.ndarray | None = None,
+        encoder: str | None = None,
+        top_k: int = DEFAULT_TOP_K,
+        filter: SearchFilter | None = None,
+        per_image: int | None = None,
+        include_same_image: bool = False,
+        mpp: float | None = None,
+        exact: bool = False,
+    ) -> SearchResult:
+        """The ``top_k`` tiles most similar to exactly one of ``image`` (file bytes), ``point_id``
+        or ``vector``, best first, among those ``filter`` lets through; see the module docstring."""
+        started = time.perf_counter()
+        given = [
+            k for k, v in (("image", image), ("point_id", point_id), ("vector", vector)) if v is not None
+        ]
+        if len(given) != 1:
+            raise InvalidInputError(
+                "give exactly one query: an image, a point id or a vector"
+                + (f" (got {' and '.join(given)})" if given else "")
+            )
+        name = self._encoder(encoder)
+        k = check_top_k(top_k)
+        per_group = check_per_image(per_image)
+        if filter is not None and not isinstance(filter, SearchFilter):
+            raise InvalidInputError(f"filter must be a histo.store.SearchFilter, got {type(filter).__name__}")
+        flt = filter or SearchFilter()
+        skip: set[str] = set()
+        boxes: list[Box] = []
+        queries: list[Any]
+        if image is not None:
+            queries, boxes = self._embed_image(name, image, mpp)
+        elif point_id is not None:
+            pid, stored, own_image = self._stored_vector(name, point_id)
+            queries, skip = [stored], {pid}
+            if own_image and not include_same_image:
+                flt = dataclasses.replace(flt, exclude_image_ids=(*flt.exclude_image_ids, own_image))
+        else:
+            queries = [vector]
+        hits = self._rank(name, queries, k, flt, per_group, skip, exact, tiled=image is not None)
+        return SearchResult(hits, name, (time.perf_counter() - started) * 1000.0, boxes)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _encoder(self, name: str | None) -> str:
+        if name is None or name == "":
+            if self.default is None:
+                raise InvalidInputError(
+                    f"no encoder is searchable: none of the loaded artifacts is a named vector of the "
+                    f"index {self.store.description}; ingest with an encoder first (histocli ingest)"
+                )
+            return self.default
+        if name not in self._embedders:
+            raise self._unknown(name)
+        return name
+
+    def _unknown(self, name: str) -> InvalidInputError:
+        return self._unknown_of(name, list(self._embedders), self.store)
+
+    @staticmethod
+    def _unknown_of(name: str, known: list[str], store: VectorStore) -> InvalidInputError:
+        if not known:
+            return UnknownNameError(
+                f"unknown encoder {name!r}: no encoder is searchable in the index {store.description}; "
+                "ingest with an encoder first (histocli ingest)"
+            )
+        return unknown_name("encoder", name, known)
+
+    def _stored_vector(self, name: str, point_id: str) -> tuple[str, list[float], str | None]:
+        pid = canonical_id(point_id)
+        records = self.store.retrieve([pid], with_vectors=[name])
+        if not records:
+            raise NotFoundError(
+                f"point {pid} is not in the index {self.store.description}; "
+                "take ids from a search result or histocli index stats"
+            )
+        record = records[0]
+        stored = record.vectors.get(name)
+        if stored is None:
+            raise NotFoundError(
+                f"point {pid} has no {name!r} vector; search it with another encoder "
+                f"or ingest its data set with {name}"
+            )
+        own = record.payload.get("image_id")
+        return pid, stored, own if isinstance(own, str) and own else None
+
+    def _embed_image(self, name: str, data: bytes, mpp: float | None) -> tuple[list[Any], list[Box]]:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InvalidInputError(f"the query image must be the file's bytes, got {type(data).__name__}")
+        if mpp is not None and not (mpp > 0 and np.isfinite(mpp)):
+            raise InvalidInputError(f"the query image's µm/px must be positive, got {mpp}")
+        image = load_rgb(bytes(data), self.max_pixels)
+        try:
+            boxes, tiles = self.query_tiles(image, mpp)
+        finally:
+            image.close()
+        vectors = self._embedders[name].embed(np.stack(tiles))
+        return list(vectors), boxes
+
+    def query_tiles(self, image: Image.Image, mpp: float | None = None) -> tuple[list[Box], list[np.ndarray]]:
+        """The boxes and pixels of the tiles a query image is searched with (module docstring)."""
+        tile, stride = self.tiling.source_extent(mpp)
+        boxes = grid_boxes(image.size[0], image.size[1], tile, stride)
+        size = self.tiling.tile_size
+        if len(boxes) == 1:
+            return boxes, [cut_tile(image, boxes[0], size)]
+        fractions = [tissue_fraction(cut_tile(image, box, size)) for box in boxes]
+        order = sorted(range(len(boxes)), key=lambda i: -fractions[i])  # stable: grid order on ties
+        keep = [i for i in order if fractions[i] >= self.tiling.min_tissue] or order[:1]
+        keep = sorted(keep[: self.max_query_tiles])
+        return [boxes[i] for i in keep], [cut_tile(image, boxes[i], size) for i in keep]
+
+    def _rank(
+        self,
+        name: str,
+        queries: list[Any],
+        k: int,
+        flt: SearchFilter,
+        per_image: int | None,
+        skip: set[str],
+        exact: bool,
+        tiled: bool,
+    ) -> list[SearchHit]:
+        limit = min(MAX_CANDIDATES, k + len(skip) if per_image is None else max(32, 2 * k) + len(skip))
+        full: dict[str, list[SearchHit]] = {}  # images whose best per_image hits are final
+        while True:
+            if full:
+                flt_now = dataclasses.replace(flt, exclude_image_ids=(*flt.exclude_image_ids, *full))
+            else:
+                flt_now = flt
+            lists = [self.store.search(name, q, limit, flt_now, exact=exact) for q in queries]
+            best: dict[str, SearchHit] = {}
+            for t, hits in enumerate(lists):
+                for hit in hits:
+                    if hit.id in skip:
+                        continue
+                    seen = best.get(hit.id)
+                    if seen is None or hit.score > seen.score:
+                        score = float(np.float32(hit.score))
+                        best[hit.id] = SearchHit(hit.id, score, hit.payload, t if tiled else None)
+            ranked = sorted(best.values(), key=_order)
+            if per_image is None:
+                return ranked[:k]  # exact: see "Query image larger than one tile" above
+            groups: dict[str, list[SearchHit]] = {g: list(h) for g, h in full.items()}
+            for ranked_hit in ranked:
+                members = groups.setdefault(_group_of(ranked_hit), [])
+                if len(members) < per_image:
+                    members.append(ranked_hit)
+            kept = sorted((h for members in groups.values() for h in members), key=_order)[:k]
+            # anything not fetched scores at most the last score of a list that came back full
+            tails = [float(np.float32(hits[-1].score)) for hits in lists if len(hits) >= limit]
+            bound = max(tails, default=None)
+            if bound is None or (len(kept) == k and kept[-1].score >= bound) or limit >= MAX_CANDIDATES:
+                return kept
+            for group, members in groups.items():  # an image is final once nothing unseen can beat it
+                if (
+                    len(members) >= per_image
+                    and members[-1].score >= bound
+                    and not group.startswith("point:")
+                ):
+                    full[group] = members
+            limit = min(MAX_CANDIDATES, limit * 4)
+
+
+def _order(hit: SearchHit) -> tuple[float, str]:
+    return (-hit.score, hit.id)
+
+
+def _group_of(hit: SearchHit) -> str:
+    image = hit.payload.get("image_id")
+    return image if isinstance(image, str) and image else f"point:{hit.id}"
+
+
+def check_top_k(top_k: object) -> int:
+    """``top_k`` as an int in 1..MAX_TOP_K, else ``InvalidInputError``."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or not 1 <= top_k <= MAX_TOP_K:
+        raise InvalidInputError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}")
+    return int(top_k)
+
+
+def check_per_image(per_image: object) -> int | None:
+    """``per_image`` as a positive int, or None for no grouping, else ``InvalidInputError``."""
+    if per_image is None:
+        return None
+    if isinstance(per_image, bool) or not isinstance(per_image, int | np.integer) or per_image < 1:
+        raise InvalidInputError(
+            f"per_image must be a positive integer (hits kept per image), got {per_image!r}"
+        )
+    return int(per_image)
+
+
+__all__ = [
+    "DEFAULT_TOP_K",
+    "MAX_CANDIDATES",
+    "MAX_QUERY_TILES",
+    "MAX_TOP_K",
+    "EncoderInfo",
+    "IndexStats",
+    "SearchEngine",
+    "SearchHit",
+    "SearchResult",
+    "check_per_image",
+    "check_top_k",
+    "default_encoder",
+    "searchable_artifacts",
+]

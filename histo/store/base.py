@@ -1,0 +1,637 @@
+"""The store contract: data classes, the filter model and the shared logic of both backends.
+
+A store holds one collection with one cosine **named vector per encoder** (any point may carry any
+subset of them) and a payload (DESIGN.md §4). Both backends, ``EdgeStore`` (embedded
+``qdrant-edge-py`` shard) and ``ServerStore`` (``qdrant-client``), subclass ``StoreBase``: it
+validates every input, owns the semantics (upsert merges vectors, filters, stats) and calls a few
+backend primitives that speak the engine's own types. Congruence tests run the same operations on
+both and compare the results.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import re
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeVar, runtime_checkable
+
+import numpy as np
+
+from histo.errors import InvalidInputError, UnknownNameError, unknown_name
+
+DEFAULT_COLLECTION = "histo"
+#: Payload fields that get a keyword index and can be filtered on.
+FILTER_FIELDS: tuple[str, ...] = ("dataset", "label", "split", "image_id", "slide_id", "patient_id")
+
+VectorLike = Sequence[float] | np.ndarray
+#: A backend-neutral list of ``(payload field, accepted values)`` conditions.
+Conditions = tuple[tuple[str, tuple[str, ...]], ...]
+
+T = TypeVar("T")
+
+_ID_CHUNK = 1024  # ids per has-id condition / retrieve call
+_WRITE_CHUNK = 512  # points per write call
+
+
+# ------------------------------------------------------------------------------------------------
+# Data classes
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """A point to write: uuid id, any subset of the named vectors, and a payload.
+
+    ``payload=None`` keeps the payload a point already has (a new point gets an empty one); a dict
+    replaces it whole. Vectors named here replace those names; names not given are kept.
+    """
+
+    id: str | uuid.UUID
+    vectors: Mapping[str, VectorLike] = field(default_factory=dict)
+    payload: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One search result, best first."""
+
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored point as ``retrieve`` returns it (vectors only where asked for and present)."""
+
+    id: str
+    payload: dict[str, Any]
+    vectors: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _as_str_tuple(name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise InvalidInputError(
+            f"filter {name} must be a list of strings, got {value!r}; e.g. {name}=('a', 'b')"
+        )
+    items = tuple(value)
+    for item in items:
+        _check_value(name, item)
+    return tuple(dict.fromkeys(items))  # drop repeats, keep order
+
+
+def _check_value(name: str, value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError(f"filter {name} needs non-empty strings, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilter:
+    """What a search or count may return: keep a dataset / labels / split, drop whole images,
+    slides or patients (the leave-one-out exclusions of DESIGN.md §5).
+
+    Lists are turned into tuples; empty strings and non-strings raise ``InvalidInputError`` here,
+    when the filter is built.
+    """
+
+    dataset: str | None = None
+    labels: tuple[str, ...] = ()
+    split: str | None = None
+    exclude_image_ids: tuple[str, ...] = ()
+    exclude_slide_ids: tuple[str, ...] = ()
+    exclude_patient_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("dataset", "split"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_value(name, value)
+        for name in ("labels", "exclude_image_ids", "exclude_slide_ids", "exclude_patient_ids"):
+            object.__setattr__(self, name, _as_str_tuple(name, getattr(self, name)))
+
+    @property
+    def must(self) -> Conditions:
+        """Conditions a point has to meet (each one: field equals any of the values)."""
+        conds: list[tuple[str, tuple[str, ...]]] = []
+        if self.dataset is not None:
+            conds.append(("dataset", (self.dataset,)))
+        if self.labels:
+            conds.append(("label", self.labels))
+        if self.split is not None:
+            conds.append(("split", (self.split,)))
+        return tuple(conds)
+
+    @property
+    def must_not(self) -> Conditions:
+        """Conditions a point must not meet."""
+        pairs = (
+            ("image_id", self.exclude_image_ids),
+            ("slide_id", self.exclude_slide_ids),
+            ("patient_id", self.exclude_patient_ids),
+        )
+        return tuple((key, values) for key, values in pairs if values)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.must and not self.must_not
+
+
+# ------------------------------------------------------------------------------------------------
+# The protocol the rest of histo codes against
+# ------------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """One collection of tiles with a named cosine vector per encoder."""
+
+    collection: str
+
+    @property
+    def description(self) -> str:
+        """Where the store lives, for messages and logs (a folder or a URL)."""
+        ...
+
+    def vectors(self) -> dict[str, int]:
+        """The named vectors the collection has, name -> dimension."""
+        ...
+
+    def ensure_vectors(self, dims: Mapping[str, int]) -> list[str]:
+        """Create the collection or add the missing named vectors; returns the names added."""
+        ...
+
+    def upsert(self, points: Iterable[Point]) -> int:
+        """Write points (merging vectors into existing ones); returns how many were written."""
+        ...
+
+    def search(
+        self,
+        vector_name: str,
+        query_vector: VectorLike,
+        limit: int = 10,
+        filter: SearchFilter | None = None,
+        *,
+        exact: bool = False,
+    ) -> list[Hit]:
+        """The ``limit`` nearest points by cosine similarity, best first."""
+        ...
+
+    def retrieve(
+        self, ids: Iterable[str | uuid.UUID], with_vectors: bool | Sequence[str] = False
+    ) -> list[Record]:
+        """Points by id, in the order asked; unknown ids are left out."""
+        ...
+
+    def missing_vectors(self, ids: Iterable[str | uuid.UUID], names: Iterable[str]) -> dict[str, set[str]]:
+        """For each id that lacks some of ``names`` (or does not exist), the names it lacks."""
+        ...
+
+    def count(self, filter: SearchFilter | None = None) -> int: ...
+
+    def scroll(
+        self, filter: SearchFilter | None = None, with_vectors: bool | Sequence[str] = False, page: int = 256
+    ) -> Iterator[Record]:
+        """Every point matching ``filter``, page by page (for evaluation and exports)."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Points, points per named vector, per dataset and per (dataset, label)."""
+        ...
+
+    def optimize(self) -> None:
+        """Build indexes after a bulk load (HNSW, segment merges); a no-op where the server does it."""
+        ...
+
+    def drop(self) -> None:
+        """Delete the collection and everything in it."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def canonical_id(value: object) -> str:
+    """A point id as Qdrant prints it: a lowercase hyphenated UUID string."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, str):
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            pass
+    raise InvalidInputError(
+        f"point id {value!r} is not a UUID; use histo.data.records.point_id(...) to make one"
+    )
+
+
+def as_vector(name: str, value: object, dim: int) -> list[float]:
+    """A finite, non-zero 1-d vector of ``dim`` floats (cosine needs a direction)."""
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"vector {name!r} is not a list of numbers: {exc}") from None
+    if array.ndim != 1 or array.shape[0] != dim:
+        raise InvalidInputError(
+            f"vector {name!r} has shape {array.shape}, expected ({dim},); was it made by another encoder?"
+        )
+    if not np.isfinite(array).all():
+        raise InvalidInputError(f"vector {name!r} contains NaN or infinity; check the encoder output")
+    if not np.any(array):
+        raise InvalidInputError(f"vector {name!r} is all zeros; cosine similarity needs a non-zero vector")
+    return [float(x) for x in array.tolist()]
+
+
+_COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_collection(name: object) -> str:
+    """A collection name that is also a safe folder name (the embedded store keeps one folder each)."""
+    if not isinstance(name, str) or not _COLLECTION_RE.match(name):
+        raise InvalidInputError(
+            f"collection name {name!r} is not allowed; use letters, digits, '_', '-', '.' (at most 64)"
+        )
+    return name
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInputError(f"vector names are non-empty strings (encoder names), got {name!r}")
+    return name
+
+
+def check_dim(name: str, dim: object) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or int(dim) < 1:
+        raise InvalidInputError(f"vector {name!r} needs a positive integer dimension, got {dim!r}")
+    return int(dim)
+
+
+def check_limit(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or int(limit) < 1:
+        raise InvalidInputError(f"search limit must be a positive integer, got {limit!r}")
+    return int(limit)
+
+
+def chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared logic over backend primitives
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Write:
+    """One point of an upsert after validation and de-duplication."""
+
+    id: str
+    vectors: dict[str, list[float]]
+    payload: dict[str, Any] | None
+
+
+class StoreBase(abc.ABC):
+    """Validation and semantics common to both backends; subclasses implement the primitives."""
+
+    collection: str
+
+    # -- primitives ------------------------------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def description(self) -> str: ...
+
+    @abc.abstractmethod
+    def _read_vectors(self) -> dict[str, tuple[int, str]]:
+        """name -> (dim, distance name) as the engine has it; {} when there is no collection."""
+
+    @abc.abstractmethod
+    def _create(self, dims: Mapping[str, int]) -> None:
+        """Create the collection with these cosine vectors."""
+
+    @abc.abstractmethod
+    def _add_vector(self, name: str, dim: int) -> None:
+        """Add a cosine named vector to the existing collection, keeping every point."""
+
+    @abc.abstractmethod
+    def _ensure_indexes(self, fields: Sequence[str]) -> None:
+        """Keyword payload indexes on ``fields`` (idempotent)."""
+
+    @abc.abstractmethod
+    def _existing(self, ids: Sequence[str]) -> set[str]: ...
+
+    @abc.abstractmethod
+    def _insert(self, writes: Sequence[_Write]) -> None:
+        """Write new points whole."""
+
+    @abc.abstractmethod
+    def _merge(self, writes: Sequence[_Write]) -> None:
+        """Update existing points: set the given vectors, replace payloads that are not None."""
+
+    @abc.abstractmethod
+    def _query(
+        self, name: str, vector: list[float], limit: int, must: Conditions, must_not: Conditions, exact: bool
+    ) -> list[Hit]: ...
+
+    @abc.abstractmethod
+    def _retrieve(self, ids: Sequence[str], with_vectors: bool | list[str]) -> list[Record]: ...
+
+    @abc.abstractmethod
+    def _scroll_page(
+        self, must: Conditions, must_not: Conditions, with_vectors: bool | list[str], offset: Any, limit: int
+    ) -> tuple[list[Record], Any]:
+        """One page of matching points and the offset of the next page (None at the end)."""
+
+    @abc.abstractmethod
+    def _lacking(self, ids: Sequence[str], name: str) -> set[str]:
+        """Those of ``ids`` that exist and have no ``name`` vector."""
+
+    @abc.abstractmethod
+    def _count(self, must: Conditions, must_not: Conditions, has_vector: str | None = None) -> int: ...
+
+    @abc.abstractmethod
+    def _facet(self, key: str, must: Conditions) -> dict[str, int]:
+        """Exact counts of the values of ``key`` among points meeting ``must``."""
+
+    @abc.abstractmethod
+    def _drop(self) -> None: ...
+
+    @abc.abstractmethod
+    def _close(self) -> None: ...
+
+    def optimize(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Build indexes after a bulk load; the default does nothing."""
+
+    # -- state -----------------------------------------------------------------------------------
+
+    _dims: dict[str, int] | None = None
+    _closed: bool = False
+
+    def _known(self, refresh: bool = False) -> dict[str, int]:
+        self._check_open()
+        if self._dims is None or refresh:
+            self._dims = {name: dim for name, (dim, _) in self._read_vectors().items() if name}
+        return self._dims
+
+    def _dim_of(self, name: str) -> int:
+        known = self._known()
+        if name not in known:
+            known = self._known(refresh=True)  # another writer may have added it
+        if name not in known:
+            if not known:
+                raise UnknownNameError(
+                    f"unknown vector {name!r}: the index {self.description} has no vectors yet; "
+                    "ingest something first (histocli ingest)"
+                )
+            raise unknown_name("vector", name, list(known))
+        return known[name]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidInputError(f"the store {self.description} is closed; open it again")
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def vectors(self) -> dict[str, int]:
+        return dict(self._known(refresh=True))
+
+    def ensure_vectors(self, dims: Mapping[str, int]) -> list[str]:
+        if not isinstance(dims, Mapping) or not dims:
+            raise InvalidInputError(
+                "ensure_vectors needs a mapping of encoder name -> dimension, e.g. {'nnclr': 512}"
+            )
+        wanted = {check_name(name): check_dim(name, dim) for name, dim in dims.items()}
+        self._check_open()
+        existing = self._read_vectors()
+        for name, dim in wanted.items():
+            if name not in existing:
+                continue
+            old_dim, distance = existing[name]
+            if old_dim != dim:
+                raise InvalidInputError(
+                    f"vector {name!r} already exists with dimension {old_dim}, not {dim}; "
+                    "register the new encoder under another name or drop the index and re-ingest"
+                )
+            if distance.lower() != "cosine":
+                raise InvalidInputError(
+                    f"vector {name!r} already exists with {distance} distance, histo needs cosine; "
+                    "drop the index and re-ingest"
+                )
+        added = [name for name in wanted if name not in existing]
+        if not existing:
+            self._create(wanted)
+        else:
+            for name in added:
+                self._add_vector(name, wanted[name])
+        self._ensure_indexes(FILTER_FIELDS)
+        self._dims = None
+        return added
+
+    def upsert(self, points: Iterable[Point]) -> int:
+        self._check_open()
+        merged: dict[str, _Write] = {}
+        for point in points:
+            if not isinstance(point, Point):
+                raise InvalidInputError(f"upsert takes histo.store.Point objects, got {type(point).__name__}")
+            pid = canonical_id(point.id)
+            if not isinstance(point.vectors, Mapping):
+                raise InvalidInputError(f"point {pid}: vectors must be a mapping name -> vector")
+            vectors = {
+                check_name(name): as_vector(name, vec, self._dim_of(name))
+                for name, vec in point.vectors.items()
+            }
+            payload = None if point.payload is None else self._check_payload(pid, point.payload)
+            if pid in merged:  # the same id twice in one call: the later one wins, name by name
+                earlier = merged[pid]
+                earlier.vectors.update(vectors)
+                if payload is not None:
+                    earlier.payload = payload
+            else:
+                merged[pid] = _Write(pid, vectors, payload)
+        if not merged:
+            return 0
+        if not self._known():
+            raise InvalidInputError(
+                f"the index {self.description} has no vectors yet; call ensure_vectors(...) before upsert"
+            )
+        writes = list(merged.values())
+        for batch in chunks(writes, _WRITE_CHUNK):
+            existing = self._existing([w.id for w in batch])
+            fresh = [w for w in batch if w.id not in existing]
+            old = [w for w in batch if w.id in existing]
+            if fresh:
+                self._insert(fresh)
+            if old:
+                self._merge(old)
+        return len(writes)
+
+    @staticmethod
+    def _check_payload(pid: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(payload, Mapping):
+            raise InvalidInputError(f"point {pid}: payload must be a dict, got {type(payload).__name__}")
+        out = dict(payload)
+        for key in FILTER_FIELDS:
+            value = out.get(key)
+            if value is not None and not isinstance(value, str):
+                raise InvalidInputError(
+                    f"point {pid}: payload field {key!r} must be a string (it is a keyword index), "
+                    f"got {value!r}"
+                )
+        for key, value in out.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidInputError(f"point {pid}: payload field {key!r} is {value}; JSON has no NaN")
+        return out
+
+    def search(
+        self,
+        vector_name: str,
+        query_vector: VectorLike,
+        limit: int = 10,
+        filter: SearchFilter | None = None,
+        *,
+        exact: bool = False,
+    ) -> list[Hit]:
+        self._check_open()
+        name = check_name(vector_name)
+        vector = as_vector(name, query_vector, self._dim_of(name))
+        limit = check_limit(limit)
+        flt = self._check_filter(filter)
+        return self._query(name, vector, limit, flt.must, flt.must_not, bool(exact))
+
+    @staticmethod
+    def _check_filter(filter: SearchFilter | None) -> SearchFilter:
+        if filter is None:
+            return SearchFilter()
+        if not isinstance(filter, SearchFilter):
+            raise InvalidInputError(f"filter must be a histo.store.SearchFilter, got {type(filter).__name__}")
+        return filter
+
+    def retrieve(
+        self, ids: Iterable[str | uuid.UUID], with_vectors: bool | Sequence[str] = False
+    ) -> list[Record]:
+        self._check_open()
+        wanted = list(dict.fromkeys(canonical_id(i) for i in ids))
+        selector: bool | list[str]
+        if isinstance(with_vectors, bool):
+            selector = with_vectors
+        else:
+            names = [check_name(n) for n in with_vectors]
+            for name in names:
+                self._dim_of(name)
+            selector = names
+        if not wanted or not self._known():
+            return []
+        found: dict[str, Record] = {}
+        for batch in chunks(wanted, _ID_CHUNK):
+            for record in self._retrieve(batch, selector):
+                found[record.id] = record
+        return [found[i] for i in wanted if i in found]
+
+    def missing_vectors(self, ids: Iterable[str | uuid.UUID], names: Iterable[str]) -> dict[str, set[str]]:
+        self._check_open()
+        wanted = list(dict.fromkeys(canonical_id(i) for i in ids))
+        names = list(dict.fromkeys(check_name(n) for n in names))
+        for name in names:
+            self._dim_of(name)
+        missing: dict[str, set[str]] = {}
+        if not wanted or not names:
+            return missing
+        for batch in chunks(wanted, _ID_CHUNK):
+            existing = self._existing(batch)
+            for pid in batch:
+                if pid not in existing:
+                    missing[pid] = set(names)
+            for name in names:
+                for pid in self._lacking(batch, name):
+                    missing.setdefault(pid, set()).add(name)
+        return {pid: missing[pid] for pid in wanted if pid in missing}
+
+    def scroll(
+        self, filter: SearchFilter | None = None, with_vectors: bool | Sequence[str] = False, page: int = 256
+    ) -> Iterator[Record]:
+        self._check_open()
+        flt = self._check_filter(filter)
+        selector: bool | list[str] = with_vectors if isinstance(with_vectors, bool) else list(with_vectors)
+        if not isinstance(selector, bool):
+            for name in selector:
+                self._dim_of(check_name(name))
+        if not self._known():
+            return
+        offset: Any = None
+        while True:
+            records, offset = self._scroll_page(flt.must, flt.must_not, selector, offset, check_limit(page))
+            yield from records
+            if offset is None:
+                return
+
+    def count(self, filter: SearchFilter | None = None) -> int:
+        self._check_open()
+        flt = self._check_filter(filter)
+        if not self._known():
+            return 0
+        return self._count(flt.must, flt.must_not)
+
+    def stats(self) -> dict[str, Any]:
+        self._check_open()
+        known = self._known(refresh=True)
+        if not known:
+            return {"collection": self.collection, "points": 0, "vectors": {}, "datasets": {}, "labels": {}}
+        vectors = {
+            name: {"dim": dim, "points": self._count((), (), has_vector=name)}
+            for name, dim in sorted(known.items())
+        }
+        datasets = dict(sorted(self._facet("dataset", ()).items()))
+        labels = {
+            dataset: dict(sorted(self._facet("label", (("dataset", (dataset,)),)).items()))
+            for dataset in datasets
+        }
+        return {
+            "collection": self.collection,
+            "points": self._count((), ()),
+            "vectors": vectors,
+            "datasets": datasets,
+            "labels": labels,
+        }
+
+    def drop(self) -> None:
+        self._check_open()
+        self._drop()
+        self._dims = None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"{type(self).__name__}({self.description!r}, collection={self.collection!r}, {state})"

@@ -1,0 +1,87 @@
+"""``python -m services.search [--host H] [--port P]``: run the gRPC search service (``histocli serve``).
+
+An entry point: the only place in ``services`` that reads the settings (``HISTO_*``). It opens the
+store (and so owns the embedded index while it runs), binds the port, prints one line
+``listening on HOST:PORT``, loads and warms up the searchable encoders (health SERVING from then
+on), prints ``serving …`` and runs until SIGTERM or SIGINT. Errors are one ``error:`` line on
+stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from histo.errors import HistoError
+from histo.search import SearchEngine
+from histo.settings import get_settings
+from histo.store import open_store
+from services.search.server import create_server, serve_until_signalled
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="python -m services.search", description=__doc__)
+    parser.add_argument("--host", default=settings.grpc.host, help="address to bind (HISTO_GRPC__HOST)")
+    parser.add_argument("--port", type=int, default=settings.grpc.port, help="0 picks a free port")
+    parser.add_argument("--workers", type=int, default=8, help="threads answering calls")
+    parser.add_argument("--grace", type=float, default=5.0, help="seconds for calls in flight at shutdown")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="intra-op threads per forward pass (default: torch's choice; 1 avoids oversubscription "
+        "when many calls run at once or the cores are busy)",
+    )
+    options = parser.parse_args(argv)
+    if options.torch_threads:
+        import torch
+
+        torch.set_num_threads(options.torch_threads)
+    logging.basicConfig(
+        level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    cfg = settings.grpc.model_copy(update={"host": options.host, "port": options.port})
+    secrets = [s.get_secret_value() for s in (settings.qdrant.api_key,) if s is not None]
+    try:
+        store = open_store(
+            url=settings.qdrant.url,
+            api_key=settings.qdrant.api_key,
+            path=settings.index_dir,
+            collection=settings.qdrant.collection,
+        )
+    except HistoError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        server, _port = create_server(
+            cfg,
+            lambda: SearchEngine.from_settings(store, settings),
+            max_workers=options.workers,
+            secrets=secrets,
+        )
+        server.start()
+        scheme = "TLS" if cfg.tls_cert else "plaintext"
+        token = "token required" if cfg.token else "no token"
+        print(f"listening on {server.address} ({scheme}, {token}); loading encoders", flush=True)
+        try:
+            engine = server.wait_ready()
+        except BaseException:
+            server.stop(0).wait()
+            raise
+        names = ", ".join(engine.encoders) or "none (ingest with an encoder first)"
+        print(f"serving {store.description} with encoders: {names}", flush=True)
+        serve_until_signalled(server, options.grace)
+        print("stopped", flush=True)
+        return 0
+    except HistoError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""``SearchService`` over gRPC: messages in, ``histo.search.SearchEngine`` calls, messages out.
+
+Translation only. Every rule (filters, grouping, tiling of large query images, defaults) lives in
+the engine, and every failure goes through the one table in ``services/search/errors.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+
+from histo.rpc.v1 import search_pb2, search_pb2_grpc
+from histo.search import DEFAULT_TOP_K, EncoderInfo, IndexStats, SearchEngine, SearchResult
+from histo.store import SearchFilter
+from services.search.errors import abort
+
+SERVICE_NAME: str = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
+
+
+def to_struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
+def filter_of(message: search_pb2.Filter) -> SearchFilter:
+    return SearchFilter(
+        dataset=message.dataset or None,
+        labels=tuple(message.labels),
+        split=message.split or None,
+        exclude_image_ids=tuple(message.exclude_image_ids),
+        exclude_slide_ids=tuple(message.exclude_slide_ids),
+        exclude_patient_ids=tuple(message.exclude_patient_ids),
+    )
+
+
+def search_kwargs(request: search_pb2.SearchRequest) -> dict[str, Any]:
+    """The engine's keyword arguments for a request (proto defaults mean "not given")."""
+    kind = request.WhichOneof("query")
+    return {
+        "image": request.image if kind == "image" else None,
+        "point_id": request.point_id if kind == "point_id" else None,
+        "vector": list(request.vector.values) if kind == "vector" else None,
+        "encoder": request.encoder or None,
+        "top_k": request.top_k or DEFAULT_TOP_K,
+        "filter": filter_of(request.filter),
+        "per_image": (request.grouping.per_image or 1) if request.HasField("grouping") else None,
+        "include_same_image": request.include_same_image,
+        "mpp": request.mpp or None,
+        "exact": request.exact,
+    }
+
+
+def search_response(result: SearchResult) -> search_pb2.SearchResponse:
+    return search_pb2.SearchResponse(
+        hits=[
+            search_pb2.Hit(id=h.id, score=h.score, payload=to_struct(h.payload), query_tile=h.query_tile)
+            for h in result.hits
+        ],
+        encoder=result.encoder,
+        took_ms=result.took_ms,
+        query_boxes=[search_pb2.Box(x=b.x, y=b.y, w=b.w, h=b.h) for b in result.query_boxes],
+    )
+
+
+def encoder_message(info: EncoderInfo) -> search_pb2.EncoderInfo:
+    return search_pb2.EncoderInfo(
+        name=info.name,
+        kind=info.kind,
+        method=info.method,
+        architecture=info.architecture,
+        dim=info.dim,
+        input_size=info.input_size,
+        orientation_pooling=info.orientation_pooling,
+        trained_on=info.trained_on,
+        data=to_struct(info.data),
+        training=to_struct(info.training),
+        points=info.points,
+        is_default=info.is_default,
+    )
+
+
+def stats_response(stats: IndexStats) -> search_pb2.GetIndexStatsResponse:
+    return search_pb2.GetIndexStatsResponse(
+        collection=stats.collection,
+        points=stats.points,
+        vectors={
+            name: search_pb2.VectorStats(dim=v["dim"], points=v["points"])
+            for name, v in stats.vectors.items()
+        },
+        datasets={
+            name: search_pb2.DatasetStats(points=count, labels=stats.labels.get(name, {}))
+            for name, count in stats.datasets.items()
+        },
+        searchable_encoders=stats.encoders,
+    )
+
+
+class SearchServicer(search_pb2_grpc.SearchServiceServicer):
+    """Calls ``engine()`` per request: it returns the loaded engine or raises ``NotReadyError``."""
+
+    def __init__(self, engine: Callable[[], SearchEngine], secrets: Iterable[str] = ()) -> None:
+        self._engine = engine
+        self._secrets = tuple(s for s in secrets if s)
+
+    def Search(  # gRPC method names are CamelCase
+        self, request: search_pb2.SearchRequest, context: grpc.ServicerContext
+    ) -> search_pb2.SearchResponse:
+        try:
+            return search_response(self._engine().search(**search_kwargs(request)))
+        except Exception as exc:
+            abort(context, exc, self._secrets, "Search")
+
+    def ListEncoders(
+        self, request: search_pb2.ListEncodersRequest, context: grpc.ServicerContext
+    ) -> search_pb2.ListEncodersResponse:
+        try:
+            infos = self._engine().list_encoders()
+            return search_pb2.ListEncodersResponse(encoders=[encoder_message(i) for i in infos])
+        except Exception as exc:
+            abort(context, exc, self._secrets, "ListEncoders")
+
+    def GetIndexStats(
+        self, request: search_pb2.GetIndexStatsRequest, context: grpc.ServicerContext
+    ) -> search_pb2.GetIndexStatsResponse:
+        try:
+            return stats_response(self._engine().stats())
+        except Exception as exc:
+            abort(context, exc, self._secrets, "GetIndexStats")
+
+
+__all__ = ["SERVICE_NAME", "SearchServicer"]

@@ -1,0 +1,126 @@
+"""Real processes for integration tests: a throwaway ``redis-server`` on a free loopback port.
+
+The server keeps nothing on disk (``--save '' --appendonly no``) and listens on 127.0.0.1 only.
+Tests that need it are skipped, with the reason, only when the binary is missing
+(``apt-get install -y redis-server``; CI installs it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+START_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class RedisServer:
+    """A running redis-server: its port and its process."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the kernel's pick on the loopback interface)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _start(binary: str, folder: Path) -> RedisServer | None:
+    port = free_port()
+    log = (folder / f"redis-{port}.log").open("wb")
+    process = subprocess.Popen(
+        [
+            binary,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(folder),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return None  # e.g. the port was taken in between: try another one
+        if _answers(port):
+            return RedisServer(port, process)
+        time.sleep(0.05)
+    _stop(process)
+    return None
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session, stopped at the end."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server); CI installs it")
+    folder = tmp_path_factory.mktemp("redis")
+    server = None
+    for _ in range(3):
+        server = _start(binary, folder)
+        if server is not None:
+            break
+    if server is None:
+        logs = "\n".join(p.read_text(errors="replace") for p in folder.glob("redis-*.log"))
+        pytest.fail(f"redis-server did not start on a loopback port:\n{logs}")
+    try:
+        yield server
+    finally:
+        _stop(server.process)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The URL of an emptied database on the session's redis-server."""
+    from redis import Redis
+
+    url = redis_server.url(0)
+    client = Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
