@@ -5,13 +5,14 @@ For each registered method, train a ResNet-18 for ``--steps`` steps at batch ``-
 with the real adapter and tiler), once with solo-learn's published defaults
 (``SOLO_LEARN_DEFAULTS``, lr scaled by batch / 256 as solo-learn does) and, where they differ,
 once with the constructor defaults histo ships (the small-batch defaults); those methods are
-also compared at ``--check-batch`` 64 for ``--check-steps`` 40 steps. The schedule is
-compressed to the run: ``max_epochs`` = the epochs the steps cover, warm-up 10 % of them (as 10
-of 100 epochs).
+also compared with ``--extra-seeds`` (1) and at ``--check-batch`` 64 for ``--check-steps`` 40
+steps. The schedule is compressed to the run: ``max_epochs`` = the epochs the steps cover,
+warm-up 10 % of them (as 10 of 100 epochs).
 
 Recorded per run: loss at the start (mean of the first 3 steps) and end (mean of the last 5), its
 extremes, non-finite steps, ``diverged`` (a non-finite loss, or an end loss above the start
-loss), ``spikes`` (steps above twice the median loss), the spread of the L2-normalised backbone
+loss), ``spikes`` (steps above twice the median loss), peak and end loss over the start loss,
+the spread of the L2-normalised backbone
 features (collapse -> 0), seconds per step, and the cross-slide 5-NN accuracy of the backbone
 features (labels = class, neighbours from other slides only,
 ``histo.data.synth.cross_group_knn``) before and after. Also timed: one training step
@@ -198,6 +199,8 @@ def run(
         "loss_end": round(end, 4),
         "loss_min": round(float(np.nanmin(losses)), 4),
         "loss_max": round(float(np.nanmax(losses)), 4),
+        "peak_over_start": round(float(np.nanmax(losses)) / start, 3),
+        "end_over_start": round(end / start, 3),
         "nonfinite_steps": int((~finite).sum()),
         "diverged": bool(not finite.all() or end > start),
         "spikes": int((losses[finite] > 2 * np.median(losses[finite])).sum()) if finite.any() else None,
@@ -231,6 +234,11 @@ def step_seconds(name: str, input_size: int, batch: int, tile: np.ndarray, repea
     return round(float(np.median(times[1:])), 3)
 
 
+def plans_labels(plans: list[tuple[str, dict[str, Any], int, int, int]], config: str) -> list[str]:
+    """Labels of the runs of one configuration (``solo_learn`` or ``shipped``)."""
+    return [label for label, *_ in plans if label == config or label.startswith(config + "_")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
@@ -240,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=64,
         help="for methods whose shipped defaults differ from solo-learn's, also compare both here (0: skip)",
+    )
+    parser.add_argument(
+        "--extra-seeds",
+        type=lambda text: [int(x) for x in text.split(",") if x],
+        default=[1],
+        help="more seeds for both configurations of methods whose defaults differ (comma list, '' for none)",
     )
     parser.add_argument("--check-steps", type=int, default=40, help="steps of the --check-batch runs")
     parser.add_argument(
@@ -275,19 +289,33 @@ def main(argv: list[str] | None = None) -> int:
             "knn": round(cross_group_knn(features, [str(x) for x in labels], groups), 4),
         }
         entry: dict[str, Any] = {"changed_defaults": shipped_differences(name)}
-        entry["solo_learn"] = run(name, solo_overrides(name), data, args.steps, args.batch, before)
-        print(f"{name:13s} solo-learn  {_line(entry['solo_learn'])}", flush=True)
-        if entry["changed_defaults"] or args.always_both:
-            entry["shipped"] = run(name, {}, data, args.steps, args.batch, before)
-            print(f"{name:13s} shipped     {_line(entry['shipped'])}", flush=True)
-        if entry["changed_defaults"] and args.check_batch:
-            b = args.check_batch
-            entry[f"solo_learn_batch_{b}"] = run(
-                name, solo_overrides(name), data, args.check_steps, b, before
-            )
-            print(f"{name:13s} solo-learn@{b} {_line(entry[f'solo_learn_batch_{b}'])}", flush=True)
-            entry[f"shipped_batch_{b}"] = run(name, {}, data, args.check_steps, b, before)
-            print(f"{name:13s} shipped@{b}    {_line(entry[f'shipped_batch_{b}'])}", flush=True)
+        compare = bool(entry["changed_defaults"]) or args.always_both
+        plans: list[tuple[str, dict[str, Any], int, int, int]] = [
+            ("solo_learn", solo_overrides(name), args.batch, args.steps, 0)
+        ]
+        if compare:
+            plans.append(("shipped", {}, args.batch, args.steps, 0))
+            for seed in args.extra_seeds:
+                plans.append((f"solo_learn_seed_{seed}", solo_overrides(name), args.batch, args.steps, seed))
+                plans.append((f"shipped_seed_{seed}", {}, args.batch, args.steps, seed))
+            if args.check_batch:
+                b = args.check_batch
+                plans.append((f"solo_learn_batch_{b}", solo_overrides(name), b, args.check_steps, 0))
+                plans.append((f"shipped_batch_{b}", {}, b, args.check_steps, 0))
+        for label, overrides, batch, steps, seed in plans:
+            entry[label] = run(name, overrides, data, steps, batch, before, seed=seed)
+            print(f"{name:13s} {label:22s} {_line(entry[label])}", flush=True)
+        if compare:
+            entry["summary"] = {
+                config: {
+                    "runs": plans_labels(plans, config),
+                    "spikes": [entry[k]["spikes"] for k in plans_labels(plans, config)],
+                    "peak_over_start": [entry[k]["peak_over_start"] for k in plans_labels(plans, config)],
+                    "end_over_start": [entry[k]["end_over_start"] for k in plans_labels(plans, config)],
+                    "knn_after": [entry[k]["knn_after"] for k in plans_labels(plans, config)],
+                }
+                for config in ("solo_learn", "shipped")
+            }
         if args.time_size:
             key = f"seconds_per_step_input_{args.time_size}"
             entry[key] = step_seconds(name, args.time_size, args.batch, tiles[0])

@@ -47,7 +47,7 @@ class DemoConfig:
 
     @property
     def data_dir(self) -> Path:
-        return self.home / "demo" / "data"
+        return self.home / "data"
 
 
 @dataclass

@@ -179,10 +179,10 @@ def epochs_within(config: TrainConfig, tiles: TileSet, seconds: float) -> int:
     batches = iter(loader)
     elapsed = 0.0
     for step in range(2):
+        started = time.perf_counter()  # includes decoding and augmenting the batch
         batch = next(batches, None)
         if batch is None:
             break
-        started = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # self.log() outside a Trainer: expected here
             _loss(model, batch, step).backward()
