@@ -96,3 +96,40 @@ def test_bad_inputs(tmp_path: Path) -> None:
         Embedder.from_artifact(folder).embed(np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(InvalidInputError, match="orientation pooling"):
         Embedder.from_artifact(folder, orientation_pooling=3)
+
+
+@pytest.mark.parametrize("name", names())
+def test_every_registered_encoder_round_trips_through_its_artifact(name: str, tmp_path: Path) -> None:
+    """An artifact restores the exact network: the Embedder equals a direct forward pass."""
+    from histo.encoders.artifact import ArtifactMeta, save_artifact
+    from histo.encoders.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    spec = get_spec(name)
+    if not spec.available():
+        pytest.skip(f"{name} not installed")
+    if spec.kind == "baseline":
+        folder = make_baseline_artifact(name, tmp_path / name, input_size=32)
+        network = create_encoder(name).network.eval()
+    else:
+        model = create_encoder(name, input_size=32).eval()
+        meta = ArtifactMeta(
+            name=name,
+            kind="ssl",
+            method=name,
+            architecture=model.backbone_name,
+            embedding_dim=model.feature_dim,
+            input_size=32,
+            mean=list(IMAGENET_MEAN),
+            std=list(IMAGENET_STD),
+            orientation_pooling=1,
+        )
+        folder = save_artifact(tmp_path / name, meta, model.backbone.state_dict())
+        network = model.backbone
+    embedder = Embedder.from_artifact(folder, orientation_pooling=1)
+    tiles = _tiles(2, 32)
+    with torch.inference_mode():
+        direct = torch.nn.functional.normalize(network(embedder.preprocess(tiles)).float(), dim=1).numpy()
+    assert np.allclose(embedder.embed(tiles), direct, atol=1e-5)
+    assert np.array_equal(
+        embedder.embed(tiles), Embedder.from_artifact(folder, orientation_pooling=1).embed(tiles)
+    )
