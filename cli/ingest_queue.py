@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from cli.common import console, err_console
 from histo.data.tiling import TilingConfig
-from histo.errors import HistoError, InvalidInputError
+from histo.errors import HistoError, InvalidInputError, NotFoundError
 from histo.jobs import JobSnapshot, JobTracker, plan_batches
 from histo.queue_config import DEFAULT_QUEUE, EMBED_BATCH_TASK, celery_config
 from histo.settings import Settings
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from redis import Redis
 
 POLL_S = 0.5
+RERUN_HINT = "rerun the same ingest command: tiles already in the index are skipped"
 PING_TIMEOUT_S = 1.0
 DETACHED_EXIT_CODE = 130
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} tiles [{elapsed}{postfix}]"
@@ -178,7 +179,14 @@ def follow(tracker: JobTracker, url: str, progress: bool = True, poll_s: float =
         raise HistoError(
             f"lost redis-server at {safe_url(url)} while following job {tracker.job_id} "
             f"({type(exc).__name__}); once it is back, re-attach with: "
-            f"histocli ingest --attach {tracker.job_id}"
+            f"histocli ingest --attach {tracker.job_id} (if it lost the job, {RERUN_HINT})"
+        ) from None
+    except NotFoundError:
+        # the record went away mid-job: a redis-server restarted without persistence loses the
+        # queue and the job alike, so re-attaching cannot help; a rerun redoes only what is missing
+        raise HistoError(
+            f"job {tracker.job_id} vanished from redis-server at {safe_url(url)} while running "
+            f"(restarted without persistence?); {RERUN_HINT}"
         ) from None
 
 

@@ -9,7 +9,10 @@ fills in its own vector.
 
 from __future__ import annotations
 
+import functools
 import os
+import select
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +86,36 @@ class TilingDataset(Dataset):
             return ImageTiles(record, [], str(exc).removeprefix(f"{record.path}: "))
 
 
+def _die_with_parent(worker_id: int, parent: int) -> None:
+    """A loader worker ends when the ingesting process dies, even by SIGKILL.
+
+    torch's own check polls the worker's parent, which is the forkserver (see ``LOADER_CONTEXT``),
+    not the ingesting process, so an orphan would wait forever. A thread watches a pidfd of the
+    ingesting process instead (Linux >= 5.3) and ends the worker the moment it is gone.
+    """
+    try:
+        pidfd = os.pidfd_open(parent)
+    except ProcessLookupError:  # gone before we started
+        os._exit(1)
+    except (AttributeError, OSError):  # no pidfd here: torch's own check is all there is
+        return
+    threading.Thread(
+        target=_exit_when_readable, args=(pidfd,), name="histo-parent-watch", daemon=True
+    ).start()
+
+
+def _exit_when_readable(fd: int) -> None:
+    select.select([fd], [], [])  # a pidfd turns readable when its process ends
+    os._exit(1)
+
+
+#: Loader workers start from a clean forkserver, never as forks of the ingesting process: that
+#: process runs the embedded engine's threads and may hold Redis/Celery connection pools, and a
+#: fork copies them mid-use (in the test suite a forked worker hung in kombu's after-fork cleanup,
+#: reading a socket its parent owned). The forkserver starts once per process.
+LOADER_CONTEXT = "forkserver"
+
+
 def default_workers() -> int:
     """Loader processes: leave a core to the model."""
     return max(0, min(8, (os.cpu_count() or 1) - 1))
@@ -132,6 +165,8 @@ def ingest(
         collate_fn=_as_is,
         num_workers=workers,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=functools.partial(_die_with_parent, parent=os.getpid()) if workers else None,
+        multiprocessing_context=LOADER_CONTEXT if workers else None,
     )
     started = time.perf_counter()
     pending: list[Tile] = []

@@ -30,7 +30,7 @@ from PIL import Image
 from histo.data.datasets.base import Problem
 from histo.data.images import load_rgb, open_header
 from histo.data.records import Box, ImageRecord, Tile, point_id, tile_payload
-from histo.data.tiling import TilingConfig, boxes_for, cut_tile
+from histo.data.tiling import TilingConfig, boxes_for, check_tileable, cut_tile
 from histo.data.tissue import is_tissue
 from histo.errors import ImageDecodeError, InvalidInputError, NotFoundError
 
@@ -186,6 +186,7 @@ def plan_batches(
         try:
             with open_header(record.path, max_pixels) as image:
                 size = upright_size(image)
+            check_tileable(size, str(record.path))  # as in-process ingestion refuses it
         except ImageDecodeError as exc:
             plan.failures.append(Problem(str(record.path), _reason(record, exc)))
             continue

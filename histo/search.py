@@ -14,7 +14,9 @@ Rules it implements (the proto comments in ``proto/histo/rpc/v1/search.proto`` s
   *other* images like this one; neighbouring tiles of one image would crowd them out).
 * **Query image larger than one tile**: it is cut exactly as ingestion cuts images
   (``histo.data.tiling.grid_boxes``: a grid of tile-size squares at the tiling stride, remainder
-  strips dropped, a side shorter than a tile taken whole, every tile resized to the tile size),
+  strips dropped, a side shorter than a tile taken whole, every tile resized to the tile size; an
+  image with a side under ``histo.data.tiling.MIN_IMAGE_SIDE`` (16) px is refused, as ingestion
+  refuses it),
   background tiles are dropped by the ingestion tissue test (if all are background, the one with
   the most tissue is kept), and at most ``max_query_tiles`` tiles with the most tissue are kept.
   Each query tile is searched separately with the same filter and the lists are combined by
@@ -45,7 +47,7 @@ from PIL import Image
 
 from histo.data.images import DEFAULT_MAX_PIXELS, load_rgb
 from histo.data.records import Box
-from histo.data.tiling import TilingConfig, cut_tile, grid_boxes
+from histo.data.tiling import TilingConfig, check_tileable, cut_tile, grid_boxes
 from histo.data.tissue import tissue_fraction
 from histo.errors import InvalidInputError, NotFoundError, UnknownNameError, unknown_name
 from histo.store.base import SearchFilter, VectorStore, canonical_id
@@ -443,6 +445,7 @@ class SearchEngine:
             raise InvalidInputError(f"the query image's µm/px must be positive, got {mpp}")
         image = load_rgb(bytes(data), self.max_pixels)
         try:
+            check_tileable(image.size, "uploaded image")  # what ingestion would refuse is no query
             boxes, tiles = self.query_tiles(image, mpp)
         finally:
             image.close()

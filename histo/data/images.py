@@ -8,6 +8,7 @@ decoded, so a 10,000 x 10,000 slide region is accepted and a bomb is refused in 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,23 @@ from histo.errors import ImageDecodeError, ImageTooLargeError
 Image.MAX_IMAGE_PIXELS = None  # replaced by check_pixel_limit(), which is a setting
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 250_000_000
+#: What Pillow's format plugins raise on corrupt or hostile bytes, in the header or the pixel data.
+#: Fuzzing (``tests/unit/test_fuzz.py``) found ``Image.open`` raising a bare ``ValueError`` for a
+#: PNG with a short IHDR chunk and a TIFF with invalid dimensions, which escaped as a crash of
+#: ingestion and an INTERNAL gRPC error; the other types are what plugins raise on bad tables.
+#: Each becomes an ``ImageDecodeError``: one bad file or upload is reported, never fatal.
+DECODE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    EOFError,
+    ZeroDivisionError,
+    OverflowError,
+    struct.error,
+)
 
 
 def check_pixel_limit(size: tuple[int, int], max_pixels: int, name: str) -> None:
@@ -50,8 +68,14 @@ def open_header(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> I
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{name}: not a recognised image format (PNG, JPEG or TIFF)") from None
     except OSError as exc:
-        raise ImageDecodeError(f"{name}: cannot be read ({exc})") from None
-    check_pixel_limit(image.size, max_pixels, name)
+        raise ImageDecodeError(f"{name}: cannot be read ({_short(exc)})") from None
+    except DECODE_ERRORS as exc:
+        raise ImageDecodeError(f"{name}: corrupt image header ({_short(exc)})") from None
+    try:
+        check_pixel_limit(image.size, max_pixels, name)
+    except ImageDecodeError:
+        image.close()  # a refused file must not hold its descriptor until garbage collection
+        raise
     return image
 
 
@@ -69,7 +93,8 @@ def load_rgb(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
             image.load()
             ImageOps.exif_transpose(image, in_place=True)  # copies only when a rotation is needed
             return to_rgb(image)
-    except (OSError, SyntaxError, ValueError) as exc:
+    except DECODE_ERRORS as exc:
+        image.close()
         raise ImageDecodeError(f"{name}: truncated or corrupt image data ({_short(exc)})") from None
 
 

@@ -6,11 +6,13 @@ decoded copy, a 10,000 x 10,000 PNG costs one decoded image plus one tile of mem
 
 Grid rule: tiles start at 0, step by ``stride`` and must fit entirely inside the image; the
 remainder strip at the right and bottom edges is dropped. An image smaller than one tile in a
-dimension yields a single tile spanning that whole dimension (small RoIs are still indexed).
+dimension yields a single tile spanning that whole dimension (small RoIs are still indexed), but an
+image with a side under ``MIN_IMAGE_SIDE`` px is refused with a reason (``check_tileable``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,7 +22,20 @@ from PIL import Image
 from histo.data.images import DEFAULT_MAX_PIXELS, load_rgb
 from histo.data.records import Box, ImageRecord, Tile, point_id, tile_payload
 from histo.data.tissue import is_tissue
-from histo.errors import InvalidInputError
+from histo.errors import ImageDecodeError, InvalidInputError
+
+#: The shortest image side that is tiled, in source pixels (the smallest tile size allowed). A
+#: thinner image (a 1x1 thumbnail, a 4000x8 strip) holds no tissue structure (a nucleus alone is
+#: ~10 px at 40x) and would be stretched many times over into a tile of smeared colour, so
+#: ingestion reports it and a query refuses it instead of indexing or searching that smear.
+MIN_IMAGE_SIDE = 16
+#: The largest tile edge (as ``HISTO_TILING__TILE_SIZE`` allows): every tile is resized to this,
+#: so ``--tile-size 100000`` would allocate 30 GB per tile instead of failing with a reason.
+MAX_TILE_SIZE = 4096
+#: The most a tile may be upsampled to reach the target resolution. Beyond it a tile covers a
+#: handful of source pixels, and a query with an absurd ``mpp`` would cut one tile per source
+#: pixel (a million for a 1000 x 1000 upload): refused with a reason instead.
+MAX_UPSAMPLING = 16.0
 
 
 @dataclass(frozen=True)
@@ -33,12 +48,17 @@ class TilingConfig:
     min_tissue: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.tile_size < 16:
-            raise InvalidInputError(f"tile size {self.tile_size} is too small; use at least 16 px")
+        if not 16 <= self.tile_size <= MAX_TILE_SIZE:
+            raise InvalidInputError(
+                f"tile size {self.tile_size} is out of range; use 16 to {MAX_TILE_SIZE} px"
+            )
         if self.stride is not None and self.stride < 1:
             raise InvalidInputError(f"stride {self.stride} must be a positive number of pixels")
-        if self.target_mpp is not None and self.target_mpp <= 0:
-            raise InvalidInputError(f"target resolution {self.target_mpp} µm/px must be positive")
+        if self.target_mpp is not None and not (self.target_mpp > 0 and math.isfinite(self.target_mpp)):
+            # NaN passed a plain "<= 0" test and then failed deep inside round() while tiling
+            raise InvalidInputError(
+                f"target resolution {self.target_mpp} µm/px must be a positive finite number"
+            )
         if not 0.0 <= self.min_tissue <= 1.0:
             raise InvalidInputError(f"min tissue fraction {self.min_tissue} must lie in 0..1")
 
@@ -53,9 +73,20 @@ class TilingConfig:
         return source_mpp / self.target_mpp
 
     def source_extent(self, source_mpp: float | None) -> tuple[int, int]:
-        """Tile size and stride measured in source pixels."""
+        """Tile size and stride measured in source pixels; refuses more than ``MAX_UPSAMPLING``."""
         scale = self.scale_for(source_mpp)
-        return max(1, round(self.tile_size / scale)), max(1, round(self.step / scale))
+        if not (0 < scale <= MAX_UPSAMPLING):
+            raise InvalidInputError(
+                f"a source at {source_mpp} µm/px tiled at {self.target_mpp} µm/px would be upsampled "
+                f"{scale:g}x (at most {MAX_UPSAMPLING:g}x); check the µm/px values"
+            )
+        return _extent(self.tile_size, scale), _extent(self.step, scale)
+
+
+def _extent(pixels: int, scale: float) -> int:
+    """``pixels`` output pixels in source pixels: at least 1, and finite however small ``scale``
+    is (an extent beyond any image's side means the same as "the whole side")."""
+    return max(1, round(min(pixels / scale, float(2**40))))
 
 
 def grid_positions(length: int, tile: int, stride: int) -> list[tuple[int, int]]:
@@ -74,6 +105,16 @@ def grid_boxes(width: int, height: int, tile: int, stride: int) -> list[Box]:
         for y, h in grid_positions(height, tile, stride)
         for x, w in grid_positions(width, tile, stride)
     ]
+
+
+def check_tileable(size: tuple[int, int], name: str) -> None:
+    """Refuse an image whose shorter side is under ``MIN_IMAGE_SIDE`` (see there why)."""
+    width, height = size
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ImageDecodeError(
+            f"{name}: image is {width}x{height} px, too small to tile "
+            f"(each side needs at least {MIN_IMAGE_SIDE} px)"
+        )
 
 
 def boxes_for(size: tuple[int, int], record: ImageRecord, config: TilingConfig) -> list[Box]:
@@ -96,6 +137,7 @@ def iter_tiles(
     """Decode one image and yield its tissue tiles with ids and payloads."""
     image = load_rgb(record.path, max_pixels)
     try:
+        check_tileable(image.size, str(record.path))
         for box in boxes_for(image.size, record, config):
             pixels = cut_tile(image, box, config.tile_size)
             if not is_tissue(pixels, config.min_tissue):

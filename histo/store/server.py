@@ -317,7 +317,7 @@ class ServerStore(StoreBase):
                 using=name,
                 limit=limit,
                 query_filter=_filter(must, must_not),
-                search_params=qm.SearchParams(exact=True) if exact else None,
+                search_params=_search_params(exact, filtered=bool(must or must_not)),
                 with_payload=True,
                 with_vectors=False,
             )
@@ -393,3 +393,10 @@ class ServerStore(StoreBase):
 
 
 __all__ = ["ServerStore"]
+
+
+def _search_params(exact: bool, filtered: bool) -> qm.SearchParams | None:
+    """As ``histo.store.edge``: exact on request, ACORN behind a filter (see there why)."""
+    if exact:
+        return qm.SearchParams(exact=True)
+    return qm.SearchParams(acorn=qm.AcornSearchParams(enable=True)) if filtered else None

@@ -66,7 +66,15 @@ def layout_error(name: str, layout: str, root: Path) -> DatasetLayoutError:
 
 
 def image_files(folder: Path, root: Path, problems: list[Problem]) -> Iterator[Path]:
-    """Image files directly in ``folder``, sorted, skipping any that resolve outside ``root``."""
+    """Image files directly in ``folder``, sorted, skipping any that resolve outside ``root``.
+
+    A folder that is itself a link out of ``root`` is one problem and is not even listed: the
+    adapters find their folders with ``is_dir()``, which follows links, and reporting each file of
+    a linked tree would name files outside the data set.
+    """
+    if not inside_root(folder, root):
+        problems.append(Problem(str(folder), "folder resolves outside the data set folder; not followed"))
+        return
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
@@ -103,7 +111,7 @@ def find_dir(root: Path, accept: object, depth: int = 3) -> Path | None:
 def read_slide_map(root: Path) -> dict[str, tuple[str | None, str | None]]:
     """Optional ``histo-slides.csv`` (path, slide_id[, patient_id]): leakage units the names lack."""
     path = root / SLIDE_MAP_NAME
-    if not path.is_file():
+    if not path.is_file() or not inside_root(path, root):  # a link out of the data set is not read
         return {}
     with path.open(newline="") as handle:
         return {

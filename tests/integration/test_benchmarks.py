@@ -1,0 +1,108 @@
+"""``python -m benchmarks run --quick``: the runner works and every report has every figure.
+
+One real quick run (subprocess, as a user types it) into a temporary folder; the assertions check
+the shape and sanity of each suite's JSON, not speeds (timed assertions would be flaky).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.__main__ import SUITES
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+LATENCY = {"queries", "p50_ms", "p99_ms", "mean_ms", "qps"}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "run", "--quick", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+def _report(results: Path, name: str) -> dict[str, Any]:
+    report = json.loads((results / f"{name}.json").read_text())
+    assert report["suite"] == name and report["quick"] is True
+    assert report["command"].startswith("python -m benchmarks run --quick")
+    assert report["machine"]["cpus"] >= 1 and report["machine"]["python"].startswith("3.")
+    assert report["seconds"] > 0
+    return dict(report)
+
+
+def _latency(figures: dict[str, Any]) -> None:
+    assert set(figures) >= LATENCY
+    assert 0 < figures["p50_ms"] <= figures["p99_ms"] and figures["qps"] > 0
+
+
+def test_every_suite_wrote_a_report_and_the_summary(results: Path) -> None:
+    assert sorted(p.stem for p in results.glob("*.json")) == sorted(SUITES)
+    summary = (results / "summary.md").read_text()
+    for name in SUITES:
+        assert f"### {name}" in summary
+
+
+def test_pipeline_report(results: Path) -> None:
+    r = _report(results, "pipeline")
+    assert r["tiles"] > 0 and r["batch_size"] > 0 and r["repeats"] == len(r["all_raw"])
+    for key in ("raw_tiles_per_s", "pipeline_tiles_per_s", "pipeline_serial_tiles_per_s"):
+        assert r[key] > 0
+    expected = r["pipeline_tiles_per_s"] / r["raw_tiles_per_s"]
+    assert r["ratio_pipeline_over_raw"] == pytest.approx(expected, rel=0.01)
+
+
+def test_search_report(results: Path) -> None:
+    r = _report(results, "search")
+    (size,) = r["results"]
+    assert size["named_vectors"] == 4 and size["dim"] == 512
+    for backend in ("edge", "edge_exact", "grpc", "qdrant_local", "faiss_flat", "faiss_hnsw"):
+        for kind in ("unfiltered", "filtered"):
+            _latency(size[backend]["latency"][kind])
+            assert 0.0 <= size[backend]["recall_at_10"][kind] <= 1.0
+    for exact in ("edge_exact", "qdrant_local", "faiss_flat", "grpc"):
+        # exact searches agree with the embedded store's exact answer (HNSW is exact at 2k points)
+        assert size[exact]["recall_at_10"]["filtered"] >= 0.99
+    assert size["faiss_hnsw"]["recall_at_10"]["unfiltered"] >= 0.9
+    assert size["edge"]["disk_mib_per_million"] > 0 and size["faiss_flat"]["memory_mib_per_million"] > 0
+    assert size["grpc"]["server_rss_mib"] > 0
+    assert not math.isnan(size["grpc"]["p50_ratio_to_edge"]["filtered"])
+
+
+def test_query_image_report(results: Path) -> None:
+    r = _report(results, "query_image")
+    assert set(r["results"]) == {"tile", "4_tiles", "by_id"}
+    for name, kind in r["results"].items():
+        for path in ("grpc", "in_process") + (("embed_only",) if name != "by_id" else ()):
+            _latency(kind[path])
+        assert kind["ratio_grpc_over_in_process_p50"] > 0
+
+
+def test_ingest_scale_report(results: Path) -> None:
+    r = _report(results, "ingest_scale")
+    assert set(r["tiles_per_s"]) == {"in_process", "celery_1", "celery_2"}
+    assert all(rate > 0 for rate in r["tiles_per_s"].values())
+    hours = r["hours_estimate"]["cpu_worker_measured"]
+    assert set(hours) == {"BACH", "BRACS", "CRC"}
+    for table in hours.values():
+        # linear scaling: 8 workers take an eighth of one worker's time
+        assert table["8_workers"] == pytest.approx(table["1_workers"] / 8, rel=0.05, abs=0.01)
+
+
+def test_load_report(results: Path) -> None:
+    r = _report(results, "load")
+    assert r["errors"] == 0 and r["calls"] > 0
