@@ -29,7 +29,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _answers(port: int) -> bool:
+def redis_answers(port: int) -> bool:
+    """True once a redis-server on ``port`` answers PING."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
@@ -50,7 +51,7 @@ def redis_server(folder: Path, timeout: float = 10.0) -> Iterator[str]:
         process = subprocess.Popen([*argv, "--dir", str(folder)], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
-        while not _answers(port):
+        while not redis_answers(port):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"redis-server did not start; see {folder / 'redis.log'}")
             time.sleep(0.05)

@@ -317,7 +317,8 @@ class ServerStore(StoreBase):
                 using=name,
                 limit=limit,
                 query_filter=_filter(must, must_not),
-                search_params=_search_params(exact, filtered=bool(must or must_not)),
+                # local mode is brute force already, and warns on every query given graph parameters
+                search_params=_search_params(exact, filtered=bool(must or must_not) and not self._local),
                 with_payload=True,
                 with_vectors=False,
             )

@@ -1,5 +1,7 @@
 """Real processes for integration tests: a throwaway ``redis-server`` on a free loopback port.
 
+(``free_port`` and ``redis_answers`` are shared with the benchmarks, which start their own.)
+
 The server keeps nothing on disk (``--save '' --appendonly no``) and listens on 127.0.0.1 only.
 Tests that need it are skipped, with the reason, only when the binary is missing
 (``apt-get install -y redis-server``; CI installs it).
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from benchmarks.processes import free_port, redis_answers
 
 START_TIMEOUT_S = 10.0
 
@@ -30,22 +33,6 @@ class RedisServer:
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (the kernel's pick on the loopback interface)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def _start(binary: str, folder: Path) -> RedisServer | None:
@@ -73,7 +60,7 @@ def _start(binary: str, folder: Path) -> RedisServer | None:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return None  # e.g. the port was taken in between: try another one
-        if _answers(port):
+        if redis_answers(port):
             return RedisServer(port, process)
         time.sleep(0.05)
     _stop(process)

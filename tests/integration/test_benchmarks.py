@@ -60,7 +60,8 @@ def test_every_suite_wrote_a_report_and_the_summary(results: Path) -> None:
 def test_pipeline_report(results: Path) -> None:
     r = _report(results, "pipeline")
     assert r["tiles"] > 0 and r["batch_size"] > 0 and r["repeats"] == len(r["all_raw"])
-    for key in ("raw_tiles_per_s", "pipeline_tiles_per_s", "pipeline_serial_tiles_per_s"):
+    assert {r["loader_workers"], r["other_loader_workers"]} in ({0, 1}, {0, r["loader_workers"]})
+    for key in ("raw_tiles_per_s", "pipeline_tiles_per_s", "pipeline_other_tiles_per_s"):
         assert r[key] > 0
     expected = r["pipeline_tiles_per_s"] / r["raw_tiles_per_s"]
     assert r["ratio_pipeline_over_raw"] == pytest.approx(expected, rel=0.01)
