@@ -8,8 +8,6 @@ queries read input size, mean/std and orientation pooling from here only, so the
 from __future__ import annotations
 
 import json
-import pickle
-import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import torch
 
 from histo import __version__
+from histo.encoders.safe_load import load_tensors
 from histo.errors import InvalidInputError, NotFoundError
 
 META_FILE = "artifact.json"
@@ -85,19 +84,7 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
     path = folder / WEIGHTS_FILE
     if not path.is_file():
         raise NotFoundError(f"{folder}: artifact has no {WEIGHTS_FILE}; re-create it")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # torch's own text is a page long; say what and what to do
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        hint = f" (it contains {found.group(1)})" if found else ""
-        raise InvalidInputError(
-            f"{path}: refused to load: it holds pickled objects, not only tensors{hint}; "
-            "re-create the artifact from a trusted source"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise InvalidInputError(
-            f"{path}: not a PyTorch weights file ({type(exc).__name__}); re-create it"
-        ) from None
+    state = load_tensors(path, "weights file", "re-create the artifact from a trusted source")
     if not isinstance(state, dict):
         raise InvalidInputError(f"{path}: expected a state dict, found {type(state).__name__}")
     return state

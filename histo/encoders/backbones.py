@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torchvision import models
 
+from histo.encoders.safe_load import load_tensors
 from histo.errors import InvalidInputError, NotFoundError, unknown_name
 
 BACKBONES: tuple[str, ...] = ("resnet18", "resnet50")
@@ -44,13 +45,7 @@ def create_backbone(name: str = "resnet18", weights: Path | None = None) -> tupl
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise NotFoundError(f"backbone weights {path} do not exist; pass the path of a saved state dict")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InvalidInputError(
-            f"cannot read backbone weights {path} ({type(exc).__name__}: {exc}); "
-            "save them with torch.save(model.state_dict(), path)"
-        ) from exc
+    loaded = load_tensors(path, "weights file", "save them with torch.save(model.state_dict(), path)")
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):

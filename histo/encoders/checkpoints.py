@@ -9,8 +9,6 @@ plain types its metadata uses; anything else is refused with the name of the off
 from __future__ import annotations
 
 import argparse
-import pickle
-import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import torch
 
 from histo.encoders.artifact import ArtifactMeta, save_artifact
 from histo.encoders.registry import get_spec
+from histo.encoders.safe_load import load_tensors
 from histo.encoders.transforms import IMAGENET_MEAN, IMAGENET_STD
 from histo.errors import InvalidInputError, NotFoundError
 
@@ -31,27 +30,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint as plain data; refuses pickled code with a one-line reason."""
     if not path.is_file():
         raise NotFoundError(f"{path}: no such checkpoint file")
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):
-            raise InvalidInputError(f"{path}: not a PyTorch checkpoint ({_first_line(exc)})") from None
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        hint = f" (it contains {found.group(1)})" if found else ""
-        raise InvalidInputError(
-            f"{path}: refused to unpickle objects outside the allow-list{hint}; save only its state_dict "
-            "with torch.save(ckpt['state_dict'], 'weights.pt') and import that"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise InvalidInputError(f"{path}: not a PyTorch checkpoint ({_first_line(exc)})") from None
+    advice = "save only its state_dict with torch.save(ckpt['state_dict'], 'weights.pt') and import that"
+    data = load_tensors(path, "checkpoint", advice, allowed=SAFE_GLOBALS)
     if not isinstance(data, dict):
         raise InvalidInputError(f"{path}: expected a checkpoint dict, found {type(data).__name__}")
     return data
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:100]
 
 
 def backbone_state(data: dict[str, Any]) -> dict[str, torch.Tensor]:
