@@ -16,6 +16,9 @@ def demo(
         96, "--input-size", min=32, help="Encoder input (CPU default 96; GPU: 224)."
     ),
     seed: int = typer.Option(0, "--seed"),
+    init: str = typer.Option(
+        "imagenet", "--init", help="imagenet: SSL continues from ImageNet weights; random: from scratch."
+    ),
     fresh: bool = typer.Option(True, "--fresh/--keep", help="Start from an empty demo index."),
 ) -> None:
     """Synthetic data + real samples → train 4 SSL methods → ingest → evaluate → example query."""
@@ -28,7 +31,7 @@ def demo(
     home = settings_of(ctx).home / "demo"
     if fresh and home.exists():
         shutil.rmtree(home)
-    config = DemoConfig(home=home, minutes=minutes, input_size=input_size, seed=seed)
+    config = DemoConfig(home=home, minutes=minutes, input_size=input_size, seed=seed, init=init)
     with open_store(path=home / "index") as store:
         result = run_demo(config, store, say=lambda line: console.print(f"[bold]demo:[/bold] {line}"))
     for dataset, results in result.tables.items():

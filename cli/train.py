@@ -24,11 +24,22 @@ def train(
     method: str = typer.Argument(..., help="simclr, nnclr, barlow_twins or swav (see `histocli encoders`)."),
     data: Path = typer.Option(..., "--data", help="The data set folder, as downloaded."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="bracs, bach, crc or folder."),
-    epochs: int = typer.Option(10, "--epochs", min=1),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs of the data (a step count)."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Optimiser steps."),
     batch_size: int = typer.Option(64, "--batch-size", min=2),
-    backbone: str = typer.Option("resnet18", "--backbone", help="resnet18 or resnet50."),
+    init: str = typer.Option(
+        "imagenet",
+        "--init",
+        help="imagenet: continue from ImageNet weights with the fine-tuning recipe; random: from scratch.",
+    ),
+    backbone: str | None = typer.Option(
+        None,
+        "--backbone",
+        help="efficientnet_lite0 (default with --init imagenet: its weights ship), resnet18 "
+        "(default with --init random) or resnet50.",
+    ),
     backbone_weights: Path | None = typer.Option(
-        None, "--backbone-weights", help="Initialise from this state dict."
+        None, "--backbone-weights", help="Start from this state dict (e.g. a torchvision ResNet's)."
     ),
     input_size: int = typer.Option(
         224, "--input-size", min=32, help="Pixels the encoder sees (tiles are resized)."
@@ -40,7 +51,11 @@ def train(
         "auto", "--precision", help="auto: bf16-mixed where the GPU has it, else 32-true."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of this run."),
-    minutes: float | None = typer.Option(None, "--minutes", help="Stop after this many minutes."),
+    minutes: float | None = typer.Option(
+        None,
+        "--minutes",
+        help="Train for this many minutes (the schedule spans them); caps --epochs/--steps.",
+    ),
     out: Path | None = typer.Option(
         None, "--out", help="Artifact folder (default HISTO_HOME/encoders/METHOD)."
     ),
@@ -64,7 +79,9 @@ def train(
         home=settings.home,
         out=out,
         epochs=epochs,
+        steps=steps,
         batch_size=batch_size,
+        init=init,
         backbone=backbone,
         backbone_weights=backbone_weights,
         input_size=input_size,
@@ -80,6 +97,11 @@ def train(
     artifact = run_training(config)
     record = load_meta(artifact).training
     console.print(
-        f"trained {method}: {record['epochs']} epochs, {record['steps']} steps in {record['seconds']:.0f} s, "
-        f"final loss {record['final_loss']}, kNN acc {record['val_knn_acc']} -> {artifact}"
+        f"trained {method} ({record['init']} init): {record['steps']} steps "
+        f"({record['steps_per_second']} steps/s, {record['run_length']}) in {record['seconds']:.0f} s, "
+        f"final loss {_shown(record['final_loss'])}, kNN acc {_shown(record['val_knn_acc'])} -> {artifact}"
     )
+
+
+def _shown(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -19,6 +19,7 @@ from histo.data.samples import sample_dir
 from histo.data.synth import write_synthetic
 from histo.data.tiling import TilingConfig
 from histo.embedding import Embedder
+from histo.encoders.artifact import load_meta
 from histo.encoders.catalog import resolve_encoders
 from histo.encoders.registry import names
 from histo.evaluation import evaluate
@@ -37,6 +38,7 @@ class DemoConfig:
     train_share: float = 0.55
     input_size: int = 96
     batch_size: int = 32
+    init: str = "imagenet"
     bach_slides: int = 10
     bracs_slides: int = 8
     tiles_per_slide: int = 16
@@ -56,6 +58,7 @@ class DemoResult:
     reports: dict[str, Path]
     tables: dict[str, Any]
     example: dict[str, Any]
+    training: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def make_data(config: DemoConfig) -> dict[str, Path]:
@@ -69,18 +72,24 @@ def make_data(config: DemoConfig) -> dict[str, Path]:
     return {"bach": bach, "bracs": bracs, "folder": sample_dir()}
 
 
-def train_all(config: DemoConfig, roots: dict[str, Path], say: Callable[[str], None]) -> None:
-    """Every SSL method on the BACH-like set, sharing the training part of the time budget."""
+def train_all(
+    config: DemoConfig, roots: dict[str, Path], say: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
+    """Every SSL method on the BACH-like set, sharing the training part of the time budget.
+
+    Returns each method's training record (steps, steps/s, seconds, loss)."""
     per_method = config.minutes * config.train_share / max(1, len(config.methods))
+    start = "ImageNet weights (EfficientNet-Lite0)" if config.init == "imagenet" else "random weights"
+    say(f"training {len(config.methods)} SSL methods from {start} on the CPU, {per_method:.1f} min each")
+    records = {}
     for method in config.methods:
-        say(f"training {method} for up to {per_method:.1f} min")
-        train(
+        folder = train(
             TrainConfig(
                 method=method,
                 data=roots["bach"],
                 dataset="bach",
                 home=config.home,
-                epochs=1000,
+                init=config.init,
                 max_minutes=per_method,
                 batch_size=config.batch_size,
                 input_size=config.input_size,
@@ -89,6 +98,13 @@ def train_all(config: DemoConfig, roots: dict[str, Path], say: Callable[[str], N
                 progress=config.progress,
             )
         )
+        record = load_meta(folder).training
+        records[method] = record
+        say(
+            f"trained {method}: {record['steps']} optimiser steps, {record['steps_per_second']:.2f} steps/s, "
+            f"{record['seconds']:.0f} s"
+        )
+    return records
 
 
 def ingest_all(
@@ -131,7 +147,7 @@ def run_demo(config: DemoConfig, store: VectorStore, say: Callable[[str], None] 
     started = time.perf_counter()
     roots = make_data(config)
     seconds["data"] = time.perf_counter() - started
-    train_all(config, roots, say)
+    training = train_all(config, roots, say)
     seconds["train"] = time.perf_counter() - started - sum(seconds.values())
     ingest_all(config, store, roots, say)
     seconds["ingest"] = time.perf_counter() - started - sum(seconds.values())
@@ -147,4 +163,4 @@ def run_demo(config: DemoConfig, store: VectorStore, say: Callable[[str], None] 
     best = best_encoder(tables["bach"], "mMV@5")
     example = example_query(store, best)
     seconds["total"] = time.perf_counter() - started
-    return DemoResult(seconds, reports, tables, example)
+    return DemoResult(seconds, reports, tables, example, training)

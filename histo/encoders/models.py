@@ -6,35 +6,15 @@ import torch
 from torch import nn
 
 from histo.encoders.artifact import ArtifactMeta
+from histo.encoders.backbones import create_backbone
 from histo.encoders.colorhist import ColorHistogram
 from histo.errors import InvalidInputError
-
-EFFICIENTNET = "efficientnet_lite0"
-EFFICIENTNET_MEAN = [127.0 / 255] * 3  # EfficientNet-Lite's own preprocessing: (x - 127) / 128
-EFFICIENTNET_STD = [128.0 / 255] * 3
-
-
-class EfficientNetFeatures(nn.Module):
-    """EfficientNet-Lite0 without its classifier: globally pooled 1280-d features."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet
-
-        self.net = EfficientNet.from_name("efficientnet-lite0")
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(images).mean(dim=(2, 3))
 
 
 def build_network(meta: ArtifactMeta) -> nn.Module:
     """An untrained network of the artifact's architecture."""
     if meta.architecture == "colorhist":
         return ColorHistogram(bins=int(meta.extra.get("bins", 8)))
-    if meta.architecture == EFFICIENTNET:
-        return EfficientNetFeatures()
-    from histo.encoders.backbones import create_backbone
-
     network, _ = create_backbone(meta.architecture)
     return network
 

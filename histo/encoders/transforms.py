@@ -205,6 +205,7 @@ class ViewTransform:
         jpeg_quality: tuple[int, int] = (50, 100),
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        blur_sigma: tuple[float, float] | None = None,
     ) -> None:
         if input_size < 8:
             raise InvalidInputError(f"view size {input_size} is too small; use at least 8 px")
@@ -229,7 +230,8 @@ class ViewTransform:
             brightness=0.2 * strength, contrast=0.2 * strength, saturation=0.1 * strength, hue=0.02 * strength
         )
         # SimCLR's sigma range (0.1, 2.0) is meant for 224 px views; keep it relative to the view size.
-        self.blur = GaussianBlur(_blur_kernel(input_size), sigma=(0.1, max(0.1, 2.0 * input_size / 224)))
+        sigma = blur_sigma or (0.1, max(0.1, 2.0 * input_size / 224))
+        self.blur = GaussianBlur(_blur_kernel(input_size), sigma=(float(sigma[0]), float(sigma[1])))
         self.jpeg = JPEGRecompress(jpeg_quality)
         self.normalise = v2.Normalize(mean=list(mean), std=list(std))
 
@@ -260,7 +262,7 @@ def view_transform(input_size: int, strength: float = 1.0, **kwargs: Any) -> Vie
     """One histology view of ``input_size`` px; ``strength`` scales stain and colour jitter (0 = none).
 
     Keyword overrides: ``scale`` (crop area range), ``hed_scale``, ``hed_shift``, ``colour_p``,
-    ``blur_p``, ``jpeg_p``, ``jpeg_quality``, ``mean``, ``std``.
+    ``blur_p``, ``blur_sigma``, ``jpeg_p``, ``jpeg_quality``, ``mean``, ``std``.
     """
     return ViewTransform(input_size, strength, **kwargs)
 

@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from histo.encoders.backbones import BACKBONES, create_backbone
 from histo.encoders.methods import SwAV
 from histo.encoders.methods.base import (
+    FINETUNE,
     LARS,
     SSLMethod,
     WarmupCosine,
@@ -198,13 +200,28 @@ def test_solo_learn_defaults_are_the_published_ones() -> None:
 
 
 def test_swav_keeps_prototypes_frozen_at_first_and_fills_its_queue() -> None:
-    model = cast(SwAV, _model("swav", queue_size=8, freeze_prototypes_epochs=1))
+    model = cast(SwAV, _model("swav", queue_size=8, freeze_prototypes=1.0))
     prototypes = model.prototypes.heads[0].weight.detach().clone()
     assert model.prototypes.heads[0].bias is None
     _trainer(max_steps=1).fit(model, _loader(_train_data(model, n=BATCH)))
     normalised = nn.functional.normalize(prototypes, dim=1)
     assert torch.allclose(model.prototypes.heads[0].weight, normalised, atol=1e-6)  # only renormalised
     assert int(model.queue_filled) == BATCH and model.queue[:, :BATCH].abs().sum() > 0
+
+
+def test_swav_queue_and_freezing_scale_with_the_run_length() -> None:
+    model = cast(SwAV, _model("swav", queue_size=3840))
+    trainer = _trainer(max_steps=3)
+    trainer.fit(model, _loader(_train_data(model, n=BATCH)))
+    # solo-learn: the queue joins at epoch 50 of 400 (1/8 of the run), so after step 1 of 3 here,
+    # and holds no more than the run fills by then (one batch), not 3840 embeddings.
+    assert model.total_steps == 3 and model.queue_start_step == 1
+    assert model.queue_length(BATCH) == BATCH and int(model.queue_filled) == BATCH
+    long_run = cast(SwAV, _model("swav"))
+    long_run._trainer = cast(Any, type("T", (), {"estimated_stepping_batches": 8000})())
+    assert long_run.queue_start_step == 1000 and long_run.queue_length(32) == 3840
+    with pytest.raises(InvalidInputError, match="shares of the run"):
+        create_encoder("swav", queue_starts=50)
 
 
 def test_bad_batches_and_options_raise_clear_errors() -> None:
@@ -219,6 +236,8 @@ def test_bad_batches_and_options_raise_clear_errors() -> None:
         create_encoder("simclr", max_epochs=5, warmup_epochs=10)
     with pytest.raises(UnknownNameError, match="resnet18"):
         create_encoder("simclr", backbone="vit_tiny")
+    with pytest.raises(UnknownNameError, match="imagenet, random"):
+        create_encoder("simclr", init="histology")
 
 
 def test_learning_rate_scales_with_batch_and_follows_warmup_cosine() -> None:
@@ -278,8 +297,8 @@ def test_weighted_knn_follows_solo_learn() -> None:
 # ----------------------------------------------------------------------------- backbones
 
 
-def test_backbones_are_resnets_without_classifier() -> None:
-    assert BACKBONES == ("resnet18", "resnet50")
+def test_backbones_are_resnets_and_efficientnet_without_classifier() -> None:
+    assert BACKBONES == ("resnet18", "resnet50", "efficientnet_lite0")
     small, dim = create_backbone("resnet18")
     assert dim == 512 and isinstance(small.fc, nn.Identity)
     assert small.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 512)
@@ -343,3 +362,99 @@ def test_method_starts_from_given_backbone_weights(tmp_path: Path) -> None:
     assert torch.equal(model.backbone.state_dict()["conv1.weight"], source.state_dict()["conv1.weight"])
     assert "backbone_weights" not in model.hparams  # a checkpoint rebuilds without the file
     assert model.backbone_weights == str(path)
+
+
+# ----------------------------------------------------------------------------- pretrained start
+
+
+def test_efficientnet_starts_from_the_shipped_imagenet_weights() -> None:
+    imagenet = create_encoder("imagenet").network.eval()
+    model = create_encoder("simclr", backbone="efficientnet_lite0", init="imagenet", input_size=SIZE).eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.equal(model(x), imagenet(x)) and model(x).shape == (2, 1280)
+    # its views and embeddings are normalised as its weights expect: (x - 127) / 128
+    assert model.mean == pytest.approx((127 / 255,) * 3) and model.std == pytest.approx((128 / 255,) * 3)
+    view = model.train_transform()(np.full((72, 72, 3), 127, np.uint8))[0]
+    assert view.abs().max() < 0.35  # a mid-grey tile is about zero after their normalisation
+    scratch = create_encoder("simclr", backbone="efficientnet_lite0", init="random", input_size=SIZE).eval()
+    with torch.no_grad():
+        assert not torch.allclose(scratch(x), imagenet(x))
+
+
+def test_resnet_imagenet_weights_missing_offline_say_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision import models
+
+    def offline(*_: Any, **__: Any) -> None:
+        raise OSError("no network")
+
+    monkeypatch.setattr(type(models.ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    with pytest.raises(NotFoundError, match=r"--backbone-weights PATH.*efficientnet_lite0"):
+        create_backbone("resnet18", init="imagenet")
+
+
+def test_pretrained_start_gets_the_fine_tuning_recipe_and_scratch_the_solo_learn_one() -> None:
+    scratch = create_encoder("swav")
+    assert (scratch.optimizer_name, scratch.lr, scratch.weight_decay) == ("lars", 0.6, 1e-6)
+    assert scratch.head_lr_scale == 1 and not scratch.freeze_bn
+    tuned = create_encoder("swav", backbone="efficientnet_lite0", init="imagenet")
+    assert (tuned.optimizer_name, tuned.lr, tuned.weight_decay) == (
+        FINETUNE.optimizer,
+        FINETUNE.lr,
+        FINETUNE.weight_decay,
+    )
+    assert tuned.head_lr_scale == FINETUNE.head_lr_scale and tuned.freeze_bn == FINETUNE.freeze_bn
+    assert create_encoder("simclr", init="imagenet", lr=0.123, backbone="efficientnet_lite0").lr == 0.123
+
+
+def test_fine_tuning_gives_the_heads_their_own_learning_rate() -> None:
+    model = _model("simclr", backbone="efficientnet_lite0", init="imagenet", head_lr_scale=10.0)
+    trainer = _trainer(max_steps=1)
+    trainer.fit(model, _loader(_train_data(model, n=BATCH)))
+    groups = trainer.optimizers[0].param_groups
+    backbone = {id(p) for p in model.backbone.parameters()}
+    rates = {("backbone" if id(g["params"][0]) in backbone else "head"): g["initial_lr"] for g in groups}
+    assert rates["head"] == pytest.approx(10 * rates["backbone"])
+    assert rates["backbone"] == pytest.approx(model.scaled_lr)
+    n_params = sum(1 for p in model.parameters() if p.requires_grad)
+    assert sum(len(g["params"]) for g in groups) == n_params
+
+
+def test_frozen_batch_norm_keeps_its_statistics_in_training() -> None:
+    model = _model("simclr", backbone="efficientnet_lite0", init="imagenet", freeze_bn=True)
+    stats = {k: v.clone() for k, v in model.backbone.state_dict().items() if "running_mean" in k}
+    _trainer(max_steps=1).fit(model, _loader(_train_data(model, n=BATCH)))
+    after = model.backbone.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in stats.items())
+    moving = _model("simclr", backbone="efficientnet_lite0", init="imagenet", freeze_bn=False)
+    _trainer(max_steps=1).fit(moving, _loader(_train_data(moving, n=BATCH)))
+    assert any(not torch.equal(moving.backbone.state_dict()[k], v) for k, v in stats.items())
+
+
+def test_wise_ft_averages_the_tuned_backbone_with_its_start() -> None:
+    model = _model("simclr", backbone="efficientnet_lite0", init="imagenet", wise_alpha=0.5)
+    start = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    with torch.no_grad():
+        for param in model.backbone.parameters():
+            param.add_(1.0)
+    model.on_fit_end()
+    head = "net._conv_head.weight"
+    assert torch.allclose(model.backbone.state_dict()[head], start[head] + 0.5, atol=1e-6)
+    scratch = _model("simclr", wise_alpha=0.5)  # nothing to average with: random weights are no start
+    before = scratch.backbone.conv1.weight.clone()
+    scratch.on_fit_end()
+    assert torch.equal(scratch.backbone.conv1.weight, before)
+    with pytest.raises(InvalidInputError, match="wise_alpha"):
+        create_encoder("simclr", wise_alpha=1.5)
+
+
+def test_fine_tuning_freezes_the_early_stages() -> None:
+    model = _model("simclr", backbone="efficientnet_lite0", init="imagenet", freeze_stages=0.75)
+    net = cast(Any, model.backbone).net
+    assert model.frozen_stages == 13  # stem + 12 of 16 blocks, of 18 stages
+    assert not any(p.requires_grad for p in net._blocks[11].parameters())
+    assert all(p.requires_grad for p in net._blocks[12].parameters())
+    assert all(p.requires_grad for p in model.projection_head.parameters())
+    resnet = _model("simclr", freeze_stages=0.5)
+    assert resnet.frozen_stages == 2 and not resnet.backbone.layer1[0].conv1.weight.requires_grad
+    assert resnet.backbone.layer2[0].conv1.weight.requires_grad

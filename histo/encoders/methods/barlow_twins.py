@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -12,7 +11,7 @@ from lightly.models.modules import BarlowTwinsProjectionHead
 from PIL import Image
 from torch import Tensor
 
-from histo.encoders.methods.base import Optimizer, SSLMethod
+from histo.encoders.methods.base import SSLMethod
 from histo.encoders.registry import register_encoder
 from histo.encoders.transforms import two_view_transform
 
@@ -62,37 +61,15 @@ class BarlowTwins(SSLMethod):
         proj_output_dim: int = 512,
         lamb: float = 0.0051,
         scale_loss: float = 0.1,
-        backbone: str = "resnet18",
-        backbone_weights: Path | None = None,
-        input_size: int = 224,
-        max_epochs: int = 100,
-        batch_size: int = 256,
-        lr: float = 0.3,
-        weight_decay: float = 1e-4,
-        optimizer: Optimizer = "lars",
-        warmup_epochs: float | None = None,
-        knn_k: int = 20,
-        knn_t: float = 0.07,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            backbone=backbone,
-            backbone_weights=backbone_weights,
-            input_size=input_size,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            optimizer=optimizer,
-            warmup_epochs=warmup_epochs,
-            knn_k=knn_k,
-            knn_t=knn_t,
-        )
+        super().__init__(**options)
         self.scale_loss = scale_loss
         self.projection_head = BarlowTwinsProjectionHead(self.feature_dim, proj_hidden_dim, proj_output_dim)
         self.criterion = BarlowTwinsLoss(lambda_param=lamb)
 
     def train_transform(self) -> Callable[[Image.Image | np.ndarray], list[Tensor]]:
-        return two_view_transform(self.input_size, asymmetric=True)
+        return two_view_transform(self.input_size, asymmetric=True, **self.view_options)
 
     def ssl_step(self, views: list[Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
         features = [self.backbone(v) for v in views[:2]]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -12,7 +11,7 @@ from lightly.models.modules import NNCLRPredictionHead, NNCLRProjectionHead, NNM
 from PIL import Image
 from torch import Tensor
 
-from histo.encoders.methods.base import Optimizer, SSLMethod
+from histo.encoders.methods.base import SSLMethod
 from histo.encoders.registry import register_encoder
 from histo.encoders.transforms import two_view_transform
 from histo.errors import InvalidInputError
@@ -62,31 +61,9 @@ class NNCLR(SSLMethod):
         pred_hidden_dim: int = 4096,
         temperature: float = 0.2,
         queue_size: int = 65536,
-        backbone: str = "resnet18",
-        backbone_weights: Path | None = None,
-        input_size: int = 224,
-        max_epochs: int = 100,
-        batch_size: int = 256,
-        lr: float = 0.4,
-        weight_decay: float = 1e-5,
-        optimizer: Optimizer = "lars",
-        warmup_epochs: float | None = None,
-        knn_k: int = 20,
-        knn_t: float = 0.07,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            backbone=backbone,
-            backbone_weights=backbone_weights,
-            input_size=input_size,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            optimizer=optimizer,
-            warmup_epochs=warmup_epochs,
-            knn_k=knn_k,
-            knn_t=knn_t,
-        )
+        super().__init__(**options)
         if queue_size < 1:
             raise InvalidInputError(f"NNCLR needs a support queue; queue_size {queue_size} must be >= 1")
         self.projection_head = NNCLRProjectionHead(self.feature_dim, proj_hidden_dim, proj_output_dim)
@@ -95,7 +72,7 @@ class NNCLR(SSLMethod):
         self.criterion = NTXentLoss(temperature=temperature)
 
     def train_transform(self) -> Callable[[Image.Image | np.ndarray], list[Tensor]]:
-        return two_view_transform(self.input_size, asymmetric=True)
+        return two_view_transform(self.input_size, asymmetric=True, **self.view_options)
 
     def ssl_step(self, views: list[Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
         features = [self.backbone(v) for v in views[:2]]

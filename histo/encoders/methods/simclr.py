@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import Tensor
 
-from histo.encoders.methods.base import Optimizer, SSLMethod
+from histo.encoders.methods.base import SSLMethod
 from histo.encoders.registry import register_encoder
 
 
@@ -47,31 +46,9 @@ class SimCLR(SSLMethod):
         proj_hidden_dim: int = 4096,
         proj_output_dim: int = 512,
         temperature: float = 0.2,
-        backbone: str = "resnet18",
-        backbone_weights: Path | None = None,
-        input_size: int = 224,
-        max_epochs: int = 100,
-        batch_size: int = 256,
-        lr: float = 0.3,
-        weight_decay: float = 1e-4,
-        optimizer: Optimizer = "lars",
-        warmup_epochs: float | None = None,
-        knn_k: int = 20,
-        knn_t: float = 0.07,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            backbone=backbone,
-            backbone_weights=backbone_weights,
-            input_size=input_size,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            optimizer=optimizer,
-            warmup_epochs=warmup_epochs,
-            knn_k=knn_k,
-            knn_t=knn_t,
-        )
+        super().__init__(**options)
         self.projection_head = SimCLRProjectionHead(
             self.feature_dim, proj_hidden_dim, proj_output_dim, num_layers=2, batch_norm=False
         )

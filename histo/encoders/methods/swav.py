@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -13,7 +13,7 @@ from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
 from PIL import Image
 from torch import Tensor, nn
 
-from histo.encoders.methods.base import Optimizer, SSLMethod
+from histo.encoders.methods.base import SSLMethod
 from histo.encoders.registry import register_encoder
 from histo.encoders.transforms import local_size_for, multicrop_transform
 from histo.errors import InvalidInputError
@@ -40,8 +40,10 @@ class SwAV(SSLMethod):
     All defaults are kept for small batches: at batch 32 on synthetic H&E the loss fell from 8.34 to
     7.96 in 60 steps without a spike (``benchmarks/results/small_batch_stability.json``); in a
     30-step trial 300 prototypes instead of 3000 was no steadier. The queue, which the paper
-    recommends below batch 256, joins at epoch ``epoch_queue_starts`` (solo-learn: 50 of 400);
-    lower it for short runs.
+    recommends below batch 256, joins after the share ``queue_starts`` of the run (solo-learn:
+    epoch 50 of 400, so 1/8) and the prototypes stay frozen for the share ``freeze_prototypes``
+    (2 of 400 epochs): both scale with the run's length in steps, not with epoch numbers meant for
+    400-epoch runs. The queue holds at most what the run fills before it joins.
     """
 
     method_name: ClassVar[str] = "swav"
@@ -76,36 +78,14 @@ class SwAV(SSLMethod):
         sk_iters: int = 3,
         sk_epsilon: float = 0.05,
         queue_size: int = 3840,
-        epoch_queue_starts: int = 50,
-        freeze_prototypes_epochs: int = 2,
+        queue_starts: float = 50 / 400,
+        freeze_prototypes: float = 2 / 400,
         n_global_crops: int = 2,
         n_local_crops: int = 6,
         local_crop_size: int | None = None,
-        backbone: str = "resnet18",
-        backbone_weights: Path | None = None,
-        input_size: int = 224,
-        max_epochs: int = 100,
-        batch_size: int = 256,
-        lr: float = 0.6,
-        weight_decay: float = 1e-6,
-        optimizer: Optimizer = "lars",
-        warmup_epochs: float | None = None,
-        knn_k: int = 20,
-        knn_t: float = 0.07,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            backbone=backbone,
-            backbone_weights=backbone_weights,
-            input_size=input_size,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            optimizer=optimizer,
-            warmup_epochs=warmup_epochs,
-            knn_k=knn_k,
-            knn_t=knn_t,
-        )
+        super().__init__(**options)
         if n_global_crops < 2 or n_local_crops < 0:
             raise InvalidInputError(
                 f"SwAV needs n_global_crops >= 2 and n_local_crops >= 0, "
@@ -117,10 +97,15 @@ class SwAV(SSLMethod):
             )
         self.n_global_crops = n_global_crops
         self.n_local_crops = n_local_crops
-        self.local_crop_size = local_crop_size or local_size_for(input_size)
+        self.local_crop_size = local_crop_size or local_size_for(self.input_size)
         self.queue_size = queue_size
-        self.epoch_queue_starts = epoch_queue_starts
-        self.freeze_prototypes_epochs = freeze_prototypes_epochs
+        if not (0 <= queue_starts <= 1 and 0 <= freeze_prototypes <= 1):
+            raise InvalidInputError(
+                f"queue_starts {queue_starts} and freeze_prototypes {freeze_prototypes} are shares of the "
+                "run; use values in 0..1"
+            )
+        self.queue_starts = queue_starts
+        self.freeze_prototypes = freeze_prototypes
         self.projection_head = SwaVProjectionHead(self.feature_dim, proj_hidden_dim, proj_output_dim)
         self.prototypes = SwaVPrototypes(proj_output_dim, num_prototypes)
         for head in self.prototypes.heads:  # cosine scores against unit prototypes, as in the paper
@@ -140,15 +125,35 @@ class SwAV(SSLMethod):
         return self.n_global_crops
 
     def train_transform(self) -> Callable[[Image.Image | np.ndarray], list[Tensor]]:
+        scales: dict[str, Any] = {}
+        if self.crop_scale:
+            scales["global_scale"] = self.crop_scale
+        if self.local_crop_scale:
+            scales["local_scale"] = self.local_crop_scale
         return multicrop_transform(
-            self.input_size, self.local_crop_size, n_global=self.n_global_crops, n_local=self.n_local_crops
+            self.input_size,
+            self.local_crop_size,
+            n_global=self.n_global_crops,
+            n_local=self.n_local_crops,
+            mean=self.mean,
+            std=self.std,
+            **scales,
         )
 
-    def _queue_ready(self) -> bool:
+    @property
+    def queue_start_step(self) -> int:
+        """The step from which the queue joins: ``queue_starts`` of the run (solo-learn: epoch 50 of 400)."""
+        return math.ceil(self.queue_starts * self.total_steps)
+
+    def queue_length(self, batch: int) -> int:
+        """The queue's used length: ``queue_size``, but no more than the run fills before it joins."""
+        return min(self.queue_size, max(batch, batch * self.queue_start_step))
+
+    def _queue_ready(self, batch: int) -> bool:
         return (
             self.queue_size > 0
-            and self.current_epoch >= self.epoch_queue_starts
-            and int(self.queue_filled) >= self.queue_size
+            and self.global_step >= self.queue_start_step
+            and int(self.queue_filled) >= self.queue_length(batch)
         )
 
     @torch.no_grad()
@@ -156,12 +161,13 @@ class SwAV(SSLMethod):
         batch = z[0].shape[0]
         if self.queue_size == 0:
             return
-        n = min(batch, self.queue_size)
-        idx = (int(self.queue_ptr) + torch.arange(n, device=self.queue.device)) % self.queue_size
+        length = self.queue_length(batch)
+        n = min(batch, length)
+        idx = (int(self.queue_ptr) + torch.arange(n, device=self.queue.device)) % length
         for i, zi in enumerate(z):
             self.queue[i, idx] = zi[-n:].detach().to(self.queue.dtype)
-        self.queue_ptr.fill_((int(self.queue_ptr) + n) % self.queue_size)
-        self.queue_filled.fill_(min(self.queue_size, int(self.queue_filled) + n))
+        self.queue_ptr.fill_((int(self.queue_ptr) + n) % length)
+        self.queue_filled.fill_(min(length, int(self.queue_filled) + n))
 
     def ssl_step(self, views: list[Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
@@ -171,15 +177,17 @@ class SwAV(SSLMethod):
         scores = [self.prototypes(zi) for zi in z]
         n_global = self.n_global_crops
         queue_scores = None
-        if self._queue_ready():
+        if self._queue_ready(len(labels)):
+            length = self.queue_length(len(labels))
             with torch.no_grad():
-                queue_scores = [self.prototypes(self.queue[i]) for i in range(n_global)]
+                queue_scores = [self.prototypes(self.queue[i, :length]) for i in range(n_global)]
         loss: Tensor = self.criterion(scores[:n_global], scores[n_global:], queue_scores).squeeze()
         self._enqueue(z[:n_global])
         return loss, features[0]
 
     def on_after_backward(self) -> None:
-        """Keep the prototypes fixed for the first ``freeze_prototypes_epochs`` epochs (solo-learn)."""
-        if self.current_epoch < self.freeze_prototypes_epochs:
+        """Keep the prototypes fixed for the first ``freeze_prototypes`` of the run (solo-learn: 2 of
+        400 epochs), at least one step."""
+        if self.global_step < max(1, math.ceil(self.freeze_prototypes * self.total_steps)):
             for p in self.prototypes.parameters():
                 p.grad = None
