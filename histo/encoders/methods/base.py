@@ -30,7 +30,7 @@ otherwise it logs nothing.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -72,7 +72,8 @@ class Recipe:
 
 
 # Continued SSL from pretrained weights (Kang et al., CVPR 2023), chosen by measurement on the synthetic
-# sets (``python -m benchmarks.ssl_quality``; the trials are in its docstring), not copied from the
+# sets (single-seed trials, listed in the README's "Encoders" section; ``python -m benchmarks.ssl_quality``
+# for the 3-seed result), not copied from the
 # from-scratch defaults: plain SGD at a small rate, the new heads 10x faster, a short warm-up; the
 # first three quarters of the backbone's stages frozen (EfficientNet-Lite0: stem and 12 of 16 blocks)
 # and every batch-norm layer kept at its ImageNet statistics; crops that change the apparent size of a
@@ -185,22 +186,11 @@ class WarmupCosine:
         return self.end_factor + (1.0 - self.end_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class _Params(nn.Module):
-    """A bare list of parameters seen as a module, for :func:`parameter_groups`."""
-
-    def __init__(self, params: list[nn.Parameter]) -> None:
-        super().__init__()
-        self._list = params
-
-    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
-        return iter(self._list)
-
-
-def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def parameter_groups(params: nn.Module | Iterable[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
     """Two groups: weights (decayed, LARS-adapted) and biases / norm parameters (neither)."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
-    for param in module.parameters():
+    for param in params.parameters() if isinstance(params, nn.Module) else params:
         if not param.requires_grad:
             continue
         (no_decay if param.ndim <= 1 else decay).append(param)
@@ -500,7 +490,7 @@ class SSLMethod(pl.LightningModule):
         backbone = {id(p) for p in self.backbone.parameters()}
         heads = [p for p in self.parameters() if id(p) not in backbone]
         groups = parameter_groups(self.backbone, self.weight_decay)
-        for group in parameter_groups(_Params(heads), self.weight_decay):
+        for group in parameter_groups(heads, self.weight_decay):
             groups.append({**group, "lr": self.scaled_lr * self.head_lr_scale})
         return groups
 
