@@ -1,4 +1,5 @@
-# One image for every histo runtime: the gRPC search service, the Celery GPU worker and the CLI.
+# One image for every histo runtime: the gRPC search service, the web page, the Celery GPU worker
+# and the CLI.
 # Configuration comes only from HISTO_* environment variables (see histo/settings.py).
 #
 #   docker build -t histo:0.1.0 .
@@ -25,5 +26,5 @@ RUN pip install . \
     && chown histo:histo /var/lib/histo
 
 USER histo
-EXPOSE 50051
+EXPOSE 50051 8080
 CMD ["histocli", "--help"]

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint redis clean
+.PHONY: setup demo test lint redis browser clean
 
 setup: $(STAMP)
 
@@ -18,12 +18,16 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/histocli demo
 
-test: setup redis lint
+test: setup redis browser lint
 	$(BIN)/python -m pytest -q
 
 # Integration tests start their own redis-server on a free loopback port; install it if missing.
 redis:
 	command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+
+# The page's browser test drives Debian's headless chromium through chromium-driver; install them if missing.
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 lint: setup
 	$(BIN)/ruff check .

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -80,3 +82,11 @@ def open_index(settings: Settings) -> VectorStore:
         path=settings.index_dir,
         collection=settings.qdrant.collection,
     )
+
+
+def become(module: str, args: list[str]) -> NoReturn:
+    """Replace this process with ``python -m module args`` (``os.execv``): a runtime the container
+    starts by module name, which the CLI must not import (DESIGN.md §2)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", module, *args])

@@ -55,3 +55,6 @@ def demo(
     console.print(
         f"search it yourself: HISTO_HOME={home} histocli search IMAGE --encoder {example['encoder']}"
     )
+    console.print(
+        f"or in a browser: HISTO_HOME={home} histocli web  (then open http://127.0.0.1:8080)", highlight=False
+    )

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from cli import data_scan, data_synth, demo, encoders, evaluate, index, ingest, search, serve, train, worker
+from cli import (
+    data_scan,
+    data_synth,
+    demo,
+    encoders,
+    evaluate,
+    index,
+    ingest,
+    search,
+    serve,
+    train,
+    web,
+    worker,
+)
 from histo import __version__
 from histo.settings import get_settings
 
@@ -26,6 +39,7 @@ app.add_typer(index.app, name="index")
 app.command("worker")(worker.worker)
 app.command("search")(search.search)
 app.command("serve")(serve.serve)
+app.command("web")(web.web)
 app.command("evaluate")(evaluate.evaluate)
 app.command("demo")(demo.demo)
 

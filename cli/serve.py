@@ -8,12 +8,9 @@ container runs, started by module name so that the CLI does not import ``service
 
 from __future__ import annotations
 
-import os
-import sys
-
 import typer
 
-from cli.common import domain_errors, settings_of
+from cli.common import become, domain_errors, settings_of
 
 SERVICE_MODULE = "services.search"
 
@@ -38,20 +35,17 @@ def serve(
 ) -> None:
     """Serve searches over gRPC (health, reflection, token and TLS from HISTO_GRPC__*) until stopped."""
     settings = settings_of(ctx)
-    argv = [
-        sys.executable,
-        "-m",
+    become(
         SERVICE_MODULE,
-        "--host",
-        host or settings.grpc.host,
-        "--port",
-        str(settings.grpc.port if port is None else port),
-        "--workers",
-        str(workers),
-        "--grace",
-        str(grace),
-        *(["--torch-threads", str(torch_threads)] if torch_threads else []),
-    ]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, argv)
+        [
+            "--host",
+            host or settings.grpc.host,
+            "--port",
+            str(settings.grpc.port if port is None else port),
+            "--workers",
+            str(workers),
+            "--grace",
+            str(grace),
+            *(["--torch-threads", str(torch_threads)] if torch_threads else []),
+        ],
+    )

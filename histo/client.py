@@ -29,6 +29,7 @@ from google.protobuf import json_format, struct_pb2
 from pydantic import SecretStr
 
 from histo.data.records import Box
+from histo.data.tile_source import TileImage, TileView, check_format, check_size, check_view
 from histo.errors import (
     DatasetLayoutError,
     HistoError,
@@ -36,6 +37,7 @@ from histo.errors import (
     ImageTooLargeError,
     InvalidInputError,
     NotFoundError,
+    SourceMissingError,
     StoreLockedError,
     StoreUnavailableError,
     UnknownNameError,
@@ -64,6 +66,7 @@ _KNOWN_ERRORS: dict[str, type[HistoError]] = {
         ImageTooLargeError,
         UnknownNameError,
         NotFoundError,
+        SourceMissingError,
         StoreUnavailableError,
         StoreLockedError,
     )
@@ -272,6 +275,26 @@ class SearchClient:
             labels={name: dict(sorted(d.labels.items())) for name, d in sorted(r.datasets.items())},
             encoders=sorted(r.searchable_encoders),
         )
+
+    def tile(
+        self,
+        point_id: str,
+        *,
+        view: TileView | str = TileView.TILE,
+        size: int | None = None,
+        fmt: str = "png",
+    ) -> TileImage:
+        """Like ``SearchEngine.tile``: the tile's pixels, or its source image with the box drawn."""
+        request = search_pb2.GetTileRequest(
+            point_id=point_id,
+            size=check_size(size) or 0,
+            view=search_pb2.GetTileRequest.SOURCE
+            if check_view(view) is TileView.SOURCE
+            else search_pb2.GetTileRequest.TILE,
+            format=check_format(fmt),
+        )
+        r = self._call(self._stub.GetTile, request)
+        return TileImage(r.image, r.media_type, r.width, r.height, Box(r.box.x, r.box.y, r.box.w, r.box.h))
 
     def health(self, service: str = "") -> str:
         """The server's health status name for ``service`` ("" = the whole server): SERVING, ..."""

@@ -4,6 +4,8 @@ The CLI prints them as one red line (exit 1); the gRPC service maps them to stat
 table (``services/search/errors.py``).
 """
 
+from collections.abc import Iterable
+
 
 class HistoError(Exception):
     """Base of every error histo raises on purpose."""
@@ -33,12 +35,24 @@ class NotFoundError(HistoError, LookupError):
     """A referenced object (point id, artifact, file) does not exist."""
 
 
+class SourceMissingError(NotFoundError):
+    """A tile's source image is not where its data set was ingested from (moved or deleted)."""
+
+
 class StoreUnavailableError(HistoError):
     """The vector store cannot be reached or opened right now."""
 
 
 class StoreLockedError(StoreUnavailableError):
     """Another process owns the embedded store."""
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every non-empty secret replaced by ``***`` (for messages and logs)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def unknown_name(kind: str, name: str, known: list[str]) -> UnknownNameError:

@@ -16,9 +16,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from PIL import Image
 
-from histo.data.images import load_rgb
+from histo.data.tile_source import TileSource
 from histo.errors import HistoError
 from histo.evaluation import EncoderResult
 
@@ -189,29 +188,25 @@ def _embedding_map(results: dict[str, EncoderResult], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _thumbnail(roots: dict[str, Path], payload: dict[str, Any], size: int = 96) -> np.ndarray | None:
-    root = roots.get(payload.get("dataset", ""))
-    if root is None:
-        return None
+def _thumbnail(tiles: TileSource, payload: dict[str, Any], size: int = 96) -> np.ndarray | None:
     try:
-        image = load_rgb(root / payload["path"])
-    except (HistoError, KeyError, OSError):
-        return None
-    box = (payload["x"], payload["y"], payload["x"] + payload["w"], payload["y"] + payload["h"])
-    return np.asarray(image.crop(box).resize((size, size), Image.Resampling.BILINEAR))
+        return np.asarray(tiles.tile_pixels(payload, size))
+    except (HistoError, OSError):
+        return None  # a missing picture leaves its cell empty; the labels still tell the story
 
 
 def _query_grid(result: EncoderResult, name: str, roots: dict[str, Path], path: Path) -> Path | None:
     tiles = result.tiles
     if tiles is None or not result.examples or not roots:
         return None
+    source = TileSource(roots)
     fig, axes = plt.subplots(len(result.examples), 6, figsize=(9, 1.6 * len(result.examples)), squeeze=False)
     for row, example in zip(axes, result.examples, strict=True):
         query_label = tiles.payloads[example["query"]].get("label")
         cells = [example["query"], *example["hits"]]
         for col, (ax, index) in enumerate(zip(row, cells, strict=False)):
             payload = tiles.payloads[index]
-            pixels = _thumbnail(roots, payload)
+            pixels = _thumbnail(source, payload)
             if pixels is not None:
                 ax.imshow(pixels)
             colour = "black" if col == 0 else ("green" if payload.get("label") == query_label else "red")

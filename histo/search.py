@@ -47,6 +47,7 @@ from PIL import Image
 
 from histo.data.images import DEFAULT_MAX_PIXELS, load_rgb
 from histo.data.records import Box
+from histo.data.tile_source import TileImage, TileSource, TileView
 from histo.data.tiling import TilingConfig, check_tileable, cut_tile, grid_boxes
 from histo.data.tissue import tissue_fraction
 from histo.errors import InvalidInputError, NotFoundError, UnknownNameError, unknown_name
@@ -246,6 +247,7 @@ class SearchEngine:
         max_query_tiles: int = MAX_QUERY_TILES,
         default: str | None = None,
         warm_up: bool = True,
+        tiles: TileSource | None = None,
     ) -> None:
         if max_query_tiles < 1:
             raise InvalidInputError(f"max_query_tiles must be at least 1, got {max_query_tiles}")
@@ -253,6 +255,7 @@ class SearchEngine:
         self.tiling = tiling or TilingConfig()
         self.max_pixels = max_pixels
         self.max_query_tiles = max_query_tiles
+        self.tiles = tiles or TileSource(max_pixels=max_pixels)
         vectors = store.vectors()
         self.skipped: dict[str, str] = {}
         self._embedders: dict[str, Embedder] = {}
@@ -311,6 +314,7 @@ class SearchEngine:
         )
         kwargs.setdefault("tiling", tiling)
         kwargs.setdefault("max_pixels", settings.images.max_pixels)
+        kwargs.setdefault("tiles", TileSource(settings.data_roots, max_pixels=settings.images.max_pixels))
         return cls.load(store, settings.encoders_dir, names, **kwargs)
 
     # -- introspection ---------------------------------------------------------------------------
@@ -394,7 +398,29 @@ class SearchEngine:
         hits = self._rank(name, queries, k, flt, per_group, skip, exact, tiled=image is not None)
         return SearchResult(hits, name, (time.perf_counter() - started) * 1000.0, boxes)
 
+    def tile(
+        self,
+        point_id: str,
+        *,
+        view: TileView | str = TileView.TILE,
+        size: int | None = None,
+        fmt: str = "png",
+    ) -> TileImage:
+        """An indexed tile's pixels (or its source image with its box drawn), read from the data
+        set's file; found by point id only (``histo.data.tile_source``)."""
+        pid = canonical_id(point_id)
+        records = self.store.retrieve([pid])
+        if not records:
+            raise self._missing(pid)
+        return self.tiles.render(records[0].payload, view=view, size=size, fmt=fmt, name=f"tile {pid}")
+
     # -- internals -------------------------------------------------------------------------------
+
+    def _missing(self, pid: str) -> NotFoundError:
+        return NotFoundError(
+            f"point {pid} is not in the index {self.store.description}; "
+            "take ids from a search result or histocli index stats"
+        )
 
     def _encoder(self, name: str | None) -> str:
         if name is None or name == "":
@@ -424,10 +450,7 @@ class SearchEngine:
         pid = canonical_id(point_id)
         records = self.store.retrieve([pid], with_vectors=[name])
         if not records:
-            raise NotFoundError(
-                f"point {pid} is not in the index {self.store.description}; "
-                "take ids from a search result or histocli index stats"
-            )
+            raise self._missing(pid)
         record = records[0]
         stored = record.vectors.get(name)
         if stored is None:

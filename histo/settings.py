@@ -52,6 +52,15 @@ class GrpcSettings(BaseModel):
     tls_key: Path | None = None
 
 
+class WebSettings(BaseModel):
+    """``histocli web``: where the page listens and the token that protects ``/api`` when set.
+    Upload and pixel limits are the gRPC service's (``grpc.max_message_mb``, ``images.max_pixels``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token: SecretStr | None = None
+
+
 class Settings(BaseSettings):
     """Everything histo can be configured with; all state lives under ``home``."""
 
@@ -63,6 +72,10 @@ class Settings(BaseSettings):
     qdrant: QdrantSettings = QdrantSettings()
     redis: RedisSettings = RedisSettings()
     grpc: GrpcSettings = GrpcSettings()
+    web: WebSettings = WebSettings()
+    #: Where each data set lives now, when it moved since ingestion (the index records the folder
+    #: it was ingested from): ``HISTO_DATA_ROOTS='{"bach": "/data/bach"}'``.
+    data_roots: dict[str, Path] = Field(default_factory=dict)
 
     @property
     def index_dir(self) -> Path:

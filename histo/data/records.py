@@ -28,6 +28,13 @@ class ImageRecord:
     magnification: str | None = None
 
     @property
+    def root(self) -> Path:
+        """The data set folder the image was found in (``path`` without ``rel_path``), absolute:
+        stored with every tile so a server can read the tile's pixels back (``TileSource``)."""
+        depth = len(Path(self.rel_path).parts)
+        return self.path.absolute().parents[depth - 1]
+
+    @property
     def group_id(self) -> str:
         """The leakage unit: patient, else slide, else the image itself."""
         return self.patient_id or self.slide_id or self.image_id
@@ -58,6 +65,7 @@ def tile_payload(record: ImageRecord, box: Box, tile_size: int) -> dict[str, Any
         "image_id": record.image_id,
         "slide_id": record.slide_id,
         "patient_id": record.patient_id,
+        "root": str(record.root),
         "path": record.rel_path,
         "x": box.x,
         "y": box.y,

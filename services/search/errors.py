@@ -41,6 +41,7 @@ from histo.errors import (
     InvalidInputError,
     NotFoundError,
     StoreUnavailableError,
+    redact,
 )
 
 log = logging.getLogger("services.search")
@@ -69,14 +70,6 @@ class Status:
     error_class: str | None = None
 
 
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every non-empty secret replaced by ``***``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
 def status_of(exc: BaseException, secrets: Iterable[str] = (), method: str = "") -> Status:
     """Look ``exc`` up in the table; anything else is INTERNAL and one log line with a traceback."""
     secrets = tuple(secrets)
@@ -100,4 +93,4 @@ def abort(
     raise AssertionError("context.abort returned")  # pragma: no cover - grpc always raises
 
 
-__all__ = ["ERROR_CLASS_KEY", "STATUS_TABLE", "NotReadyError", "Status", "abort", "redact", "status_of"]
+__all__ = ["ERROR_CLASS_KEY", "STATUS_TABLE", "NotReadyError", "Status", "abort", "status_of"]

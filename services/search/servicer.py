@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
+from histo.data.tile_source import TileImage, TileView
 from histo.rpc.v1 import search_pb2, search_pb2_grpc
 from histo.search import DEFAULT_TOP_K, EncoderInfo, IndexStats, SearchEngine, SearchResult
 from histo.store import SearchFilter
@@ -99,6 +100,21 @@ def stats_response(stats: IndexStats) -> search_pb2.GetIndexStatsResponse:
     )
 
 
+#: GetTileRequest.View values -> the engine's views (the proto enum names are the upper-case ones).
+VIEWS = {search_pb2.GetTileRequest.TILE: TileView.TILE, search_pb2.GetTileRequest.SOURCE: TileView.SOURCE}
+
+
+def tile_response(tile: TileImage) -> search_pb2.GetTileResponse:
+    b = tile.box
+    return search_pb2.GetTileResponse(
+        image=tile.data,
+        media_type=tile.media_type,
+        width=tile.width,
+        height=tile.height,
+        box=search_pb2.Box(x=b.x, y=b.y, w=b.w, h=b.h),
+    )
+
+
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     """Calls ``engine()`` per request: it returns the loaded engine or raises ``NotReadyError``."""
 
@@ -130,6 +146,20 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             return stats_response(self._engine().stats())
         except Exception as exc:
             abort(context, exc, self._secrets, "GetIndexStats")
+
+    def GetTile(
+        self, request: search_pb2.GetTileRequest, context: grpc.ServicerContext
+    ) -> search_pb2.GetTileResponse:
+        try:
+            tile = self._engine().tile(
+                request.point_id,
+                view=VIEWS.get(request.view, TileView.TILE),
+                size=request.size or None,
+                fmt=request.format or "png",
+            )
+            return tile_response(tile)
+        except Exception as exc:
+            abort(context, exc, self._secrets, "GetTile")
 
 
 __all__ = ["SERVICE_NAME", "SearchServicer"]

@@ -1,4 +1,5 @@
-"""Real processes for integration tests: a throwaway ``redis-server`` on a free loopback port.
+"""Real processes for integration tests: a throwaway ``redis-server`` on a free loopback port, and
+the small real search home (index, engine) that the gRPC and web tests share.
 
 (``free_port`` and ``redis_answers`` are shared with the benchmarks, which start their own.)
 
@@ -18,8 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.processes import free_port, redis_answers
+from histo.data.tiling import TilingConfig
+from histo.search import SearchEngine
+from histo.store import EdgeStore
+from tests.search_home import TILE, build_home
 
 START_TIMEOUT_S = 10.0
 
@@ -111,3 +117,34 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     finally:
         with contextlib.suppress(Exception):
             client.close()
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: two cores shared with a server and its client."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def homes(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> tuple[Path, Path]:
+    """A built HISTO_HOME (tests/search_home.py), and a copy of it for `histocli` commands and
+    subprocesses (the first is owned by this test process's store)."""
+    home = tmp_path_factory.mktemp("home")
+    build_home(home)
+    copy = tmp_path_factory.mktemp("copy") / "home"
+    shutil.copytree(home, copy)
+    return home, copy
+
+
+@pytest.fixture(scope="module")
+def store(homes: tuple[Path, Path]) -> Iterator[EdgeStore]:
+    with EdgeStore(homes[0] / "index") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def engine(store: EdgeStore, homes: tuple[Path, Path]) -> SearchEngine:
+    return SearchEngine.load(store, homes[0] / "encoders", tiling=TilingConfig(tile_size=TILE))

@@ -9,7 +9,6 @@ loading), reflection, token on and off, TLS, and graceful shutdown on SIGTERM.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
@@ -25,17 +24,10 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-import torch
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from PIL import Image
 
 from histo.client import AuthenticationError, SearchClient, ServiceError, ServiceUnavailableError
-from histo.data.datasets import scan_dataset
-from histo.data.synth import write_synthetic
-from histo.data.tiling import TilingConfig
-from histo.embedding import Embedder
-from histo.encoders.baselines import make_baseline_artifact
 from histo.errors import (
     HistoError,
     ImageDecodeError,
@@ -45,16 +37,15 @@ from histo.errors import (
     StoreUnavailableError,
     UnknownNameError,
 )
-from histo.ingest import Ingestor, ingest
 from histo.rpc.v1 import search_pb2, search_pb2_grpc
 from histo.search import SearchEngine, SearchResult
 from histo.settings import GrpcSettings
-from histo.store import EdgeStore, Point, SearchFilter, open_store
+from histo.store import EdgeStore, SearchFilter
 from services.search.server import SearchServer, create_server
+from tests.search_home import TILE, png
 
 pytestmark = pytest.mark.integration
 
-TILE = 64
 BIN = Path(sys.executable).parent
 SERVICE = "histo.rpc.v1.SearchService"
 TOKEN = "s3cret-token-for-tests"
@@ -63,57 +54,6 @@ TOKEN = "s3cret-token-for-tests"
 # ------------------------------------------------------------------------------------------------
 # A real index, an engine and servers
 # ------------------------------------------------------------------------------------------------
-
-
-def build_home(home: Path) -> None:
-    """Synthetic BACH (12 images x 2 tiles) and BRACS (21 RoIs, 3 slides and splits), embedded
-    with colorhist and random (ResNet-18, 64 px input) into the embedded index."""
-    data, encoders = home / "data", home / "encoders"
-    write_synthetic("bach", data / "bach", slides=3, tiles_per_slide=8, seed=0, tile_size=TILE)
-    write_synthetic("bracs", data / "bracs", slides=3, tiles_per_slide=7, seed=1, tile_size=TILE)
-    for name in ("colorhist", "random"):
-        make_baseline_artifact(name, encoders / name, input_size=TILE)
-    embedders = {n: Embedder.from_artifact(encoders / n, device="cpu") for n in ("colorhist", "random")}
-    with open_store(path=home / "index") as store:
-        ingestor = Ingestor(store, embedders, batch_size=32)
-        for name in ("bach", "bracs"):
-            records = scan_dataset(data / name, name).records
-            ingest(records, ingestor, TilingConfig(tile_size=TILE), 10**8, num_workers=0, progress=False)
-        # the synthetic BRACS has slides but no patients: give each slide one, to filter on
-        bracs = list(store.scroll(SearchFilter(dataset="bracs")))
-        store.upsert(
-            Point(r.id, payload={**r.payload, "patient_id": f"P{r.payload['slide_id']}"}) for r in bracs
-        )
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: two cores shared with a server and its client."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def homes(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> tuple[Path, Path]:
-    """The built HISTO_HOME, and a copy of it for the `histocli serve` subprocess."""
-    home = tmp_path_factory.mktemp("home")
-    build_home(home)
-    copy = tmp_path_factory.mktemp("served") / "home"
-    shutil.copytree(home, copy)
-    return home, copy
-
-
-@pytest.fixture(scope="module")
-def store(homes: tuple[Path, Path]) -> Iterator[EdgeStore]:
-    with EdgeStore(homes[0] / "index") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def engine(store: EdgeStore, homes: tuple[Path, Path]) -> SearchEngine:
-    return SearchEngine.load(store, homes[0] / "encoders", tiling=TilingConfig(tile_size=TILE))
 
 
 def start(engine: Any, **cfg: Any) -> tuple[SearchServer, int]:
@@ -150,12 +90,6 @@ def records(store: EdgeStore) -> list[Any]:
 def bach_image(homes: tuple[Path, Path]) -> bytes:
     path = next((homes[0] / "data" / "bach").rglob("*.tif"))
     return path.read_bytes()
-
-
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -75,8 +75,8 @@ def test_settings_paths_know_nested_fields() -> None:
     )
 
 
-def test_the_four_services_are_there(compose: dict[str, Any]) -> None:
-    assert {"qdrant", "redis", "search", "worker"} <= set(compose["services"])
+def test_the_five_services_are_there(compose: dict[str, Any]) -> None:
+    assert {"qdrant", "redis", "search", "web", "worker"} <= set(compose["services"])
 
 
 def test_every_image_is_pinned(compose: dict[str, Any]) -> None:
@@ -115,6 +115,16 @@ def test_search_serves_grpc_on_loopback_only(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"service {name} publishes {port} beyond loopback"
+
+
+def test_web_serves_the_page_through_the_search_service(compose: dict[str, Any]) -> None:
+    web = compose["services"]["web"]
+    assert web["command"] == ["histocli", "web", "--server", "search:50051"]
+    assert "127.0.0.1:8080:8080" in web["ports"] and _environment(web)["HISTO_WEB__PORT"] == "8080"
+    assert "/api/health" in " ".join(web["healthcheck"]["test"])
+    # GetTile reads tiles from the data set files: the search service sees them where ingestion did
+    assert "${DATA_DIR:-./data}:/data:ro" in compose["services"]["search"]["volumes"]
+    assert "8080" in DOCKERFILE.read_text().split("EXPOSE", 1)[1].splitlines()[0]
 
 
 def test_histo_services_are_configured_only_by_known_histo_variables(compose: dict[str, Any]) -> None:

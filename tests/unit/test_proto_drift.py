@@ -46,6 +46,8 @@ def test_package_mirrors_the_path_and_comments_reach_the_stubs() -> None:
         "Search",
         "ListEncoders",
         "GetIndexStats",
+        "GetTile",
     }
     assert "max similarity" in (REPO / "proto" / "histo" / "rpc" / "v1" / "search.proto").read_text().lower()
     assert "top_k indexed tiles" in (search_pb2_grpc.SearchServiceServicer.Search.__doc__ or "")
+    assert "no path in a request" in (search_pb2_grpc.SearchServiceServicer.GetTile.__doc__ or "")

@@ -89,6 +89,7 @@ def test_ids_are_deterministic_and_payload_complete(tmp_path: Path) -> None:
         "label": "t",
         "split": "train",
         "image_id": "a",
+        "root": str(tmp_path.absolute()),
         "path": "a.png",
         "x": 224,
         "y": 0,

@@ -1,5 +1,6 @@
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -187,3 +188,35 @@ class GetIndexStatsResponse(_message.Message):
     datasets: _containers.MessageMap[str, DatasetStats]
     searchable_encoders: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, collection: _Optional[str] = ..., points: _Optional[int] = ..., vectors: _Optional[_Mapping[str, VectorStats]] = ..., datasets: _Optional[_Mapping[str, DatasetStats]] = ..., searchable_encoders: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetTileRequest(_message.Message):
+    __slots__ = ("point_id", "size", "view", "format")
+    class View(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        TILE: _ClassVar[GetTileRequest.View]
+        SOURCE: _ClassVar[GetTileRequest.View]
+    TILE: GetTileRequest.View
+    SOURCE: GetTileRequest.View
+    POINT_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    point_id: str
+    size: int
+    view: GetTileRequest.View
+    format: str
+    def __init__(self, point_id: _Optional[str] = ..., size: _Optional[int] = ..., view: _Optional[_Union[GetTileRequest.View, str]] = ..., format: _Optional[str] = ...) -> None: ...
+
+class GetTileResponse(_message.Message):
+    __slots__ = ("image", "media_type", "width", "height", "box")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    media_type: str
+    width: int
+    height: int
+    box: Box
+    def __init__(self, image: _Optional[bytes] = ..., media_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., box: _Optional[_Union[Box, _Mapping]] = ...) -> None: ...

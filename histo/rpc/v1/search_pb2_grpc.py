@@ -50,6 +50,11 @@ class SearchServiceStub:
                 request_serializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetIndexStatsRequest.SerializeToString,
                 response_deserializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetIndexStatsResponse.FromString,
                 _registered_method=True)
+        self.GetTile = channel.unary_unary(
+                '/histo.rpc.v1.SearchService/GetTile',
+                request_serializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetTileRequest.SerializeToString,
+                response_deserializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetTileResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -78,6 +83,15 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTile(self, request, context):
+        """An indexed tile's pixels, or its whole source image with the tile's box drawn, read from the
+        data set's file on the server (tiles are found by point id only: no path in a request ever
+        reaches the file system). The web page's thumbnails and "show in context" come from here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +109,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.GetIndexStats,
                     request_deserializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetIndexStatsRequest.FromString,
                     response_serializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetIndexStatsResponse.SerializeToString,
+            ),
+            'GetTile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTile,
+                    request_deserializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetTileRequest.FromString,
+                    response_serializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetTileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +198,33 @@ class SearchService:
             '/histo.rpc.v1.SearchService/GetIndexStats',
             histo_dot_rpc_dot_v1_dot_search__pb2.GetIndexStatsRequest.SerializeToString,
             histo_dot_rpc_dot_v1_dot_search__pb2.GetIndexStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/histo.rpc.v1.SearchService/GetTile',
+            histo_dot_rpc_dot_v1_dot_search__pb2.GetTileRequest.SerializeToString,
+            histo_dot_rpc_dot_v1_dot_search__pb2.GetTileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""The web runtime: the search page and a JSON API under ``/api`` (``histocli web``)."""

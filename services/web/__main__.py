@@ -1,0 +1,97 @@
+"""``python -m services.web [--host H] [--port P] [--server HOST:PORT]``: the search page (``histocli web``).
+
+An entry point: the only place in ``services.web`` that reads the settings (``HISTO_*``). Without
+``--server`` it opens the index and loads the searchable encoders in this process (and so owns
+the embedded index while it runs); with ``--server`` it searches through a running
+``histocli serve`` with the token of HISTO_GRPC__TOKEN and, for TLS, the CA of ``--tls-ca``
+(default HISTO_GRPC__TLS_CERT). It prints ``open http://HOST:PORT`` and runs until Ctrl-C or
+SIGTERM. Errors are one ``error:`` line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from histo.errors import HistoError
+from histo.settings import Settings, get_settings
+from services.web.app import SearchBackend, create_app
+from services.web.server import WebServer
+
+MIB = 1024 * 1024
+
+
+@contextlib.contextmanager
+def open_backend(settings: Settings, server: str | None, tls_ca: Path | None) -> Iterator[SearchBackend]:
+    """A ``SearchClient`` of ``server``, or a ``SearchEngine`` over the configured store."""
+    if server:
+        from histo.client import SearchClient
+
+        ca = tls_ca or settings.grpc.tls_cert
+        with SearchClient(server, token=settings.grpc.token, tls_ca=ca) as client:
+            yield client
+        return
+    from histo.search import SearchEngine
+    from histo.store import open_store
+
+    store = open_store(
+        url=settings.qdrant.url,
+        api_key=settings.qdrant.api_key,
+        path=settings.index_dir,
+        collection=settings.qdrant.collection,
+    )
+    with store:
+        yield SearchEngine.from_settings(store, settings)
+
+
+def describe(backend: SearchBackend, server: str | None) -> str:
+    """One line: what the page searches; a backend that does not answer yet is a warning, not fatal."""
+    where = f"the search server at {server}" if server else "the embedded index"
+    try:
+        names = ", ".join(i.name for i in backend.list_encoders()) or "none (ingest with an encoder first)"
+    except HistoError as exc:
+        return f"{where}, which does not answer yet ({exc})"
+    return f"{where} with encoders: {names}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="python -m services.web", description=__doc__)
+    parser.add_argument("--host", default=settings.web.host, help="address to bind (HISTO_WEB__HOST)")
+    parser.add_argument("--port", type=int, default=settings.web.port, help="0 picks a free port")
+    parser.add_argument("--server", default=None, help="HOST:PORT of a running histocli serve")
+    parser.add_argument("--tls-ca", type=Path, default=None, help="CA certificate (PEM) for a TLS server")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    options = parser.parse_args(argv)
+    logging.basicConfig(
+        level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    token = settings.web.token.get_secret_value() if settings.web.token else None
+    secrets = [s.get_secret_value() for s in (settings.grpc.token, settings.qdrant.api_key) if s is not None]
+    try:
+        with open_backend(settings, options.server, options.tls_ca) as backend:
+            app = create_app(
+                backend,
+                token=token,
+                max_upload_bytes=settings.grpc.max_message_mb * MIB,
+                max_pixels=settings.images.max_pixels,
+                secrets=secrets,
+            )
+            web = WebServer(app, options.host, options.port, log_level=options.log_level.lower())
+            print(f"searching {describe(backend, options.server)}", flush=True)
+            print(f"open {web.url} in a browser{' (token required)' if token else ''}", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                web.run()
+            print("stopped", flush=True)
+            return 0
+    except HistoError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""The JSON API under ``/api``: the gRPC ``SearchService`` over HTTP, plus what a page needs.
+
+| route | gRPC | answer |
+|---|---|---|
+| ``POST /api/search`` | ``Search`` | the JSON of ``histocli search --json`` |
+| ``GET /api/encoders`` | ``ListEncoders`` | ``{"encoders": [...]}`` |
+| ``GET /api/stats`` | ``GetIndexStats`` | points per encoder, data set and label |
+| ``GET /api/tiles/{id}`` | ``GetTile`` (TILE) | the tile as PNG or JPEG |
+| ``GET /api/images/{id}`` | ``GetTile`` (SOURCE) | its source image, downscaled, box drawn |
+| ``POST /api/preview`` | — | an upload downscaled to PNG, original size in headers |
+| ``GET /api/health`` | health | ``{"status": "SERVING", ...}`` (no token needed) |
+
+Translation only: every rule lives in the engine. Blocking calls (embedding, file reads, gRPC)
+run in the thread pool, so one slow query does not stall the page's other requests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.responses import Response
+
+from histo.data.images import load_rgb
+from histo.data.tile_source import MAX_SIZE, MIN_SIZE, TileView
+from histo.errors import ImageDecodeError, InvalidInputError
+from histo.search import DEFAULT_TOP_K, MAX_TOP_K
+from histo.store import SearchFilter
+from services.web.errors import describe_validation
+
+router = APIRouter()
+#: Text fields of a multipart search (the file is the field ``image``); more is a malformed form.
+MAX_FORM_FIELDS = 64
+MAX_FIELD_BYTES = 64 * 1024
+DEFAULT_PREVIEW_SIZE = 512
+CACHE_TILES = "private, max-age=300"
+Size = Annotated[int, Query(ge=MIN_SIZE, le=MAX_SIZE, description="Longer side of the image, px.")]
+Format = Annotated[str, Query(pattern="^(png|jpe?g)$", description="png or jpeg.")]
+
+
+class SearchParams(BaseModel):
+    """A search, as JSON or as the text fields of a multipart form beside the file ``image``.
+    Give exactly one query: the file ``image``, ``point_id`` or ``vector``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    point_id: str | None = Field(None, description="Search with an indexed tile's stored vector.")
+    vector: list[float] | None = Field(None, description="A raw vector of the encoder's dimension.")
+    encoder: str | None = Field(None, description="Named vector to search; empty = the default.")
+    top_k: int = Field(DEFAULT_TOP_K, ge=1, le=MAX_TOP_K)
+    dataset: str | None = Field(None, description="Only tiles of this data set.")
+    labels: list[str] = Field(default_factory=list, description="Only tiles with any of these labels.")
+    split: str | None = Field(None, description="Only tiles of this split (train, val, test).")
+    per_image: int | None = Field(None, ge=1, description="At most this many hits per source image.")
+    include_same_image: bool = Field(False, description="point_id queries: keep tiles of its own image.")
+    mpp: float | None = Field(None, gt=0, description="The query image's µm/px, when known.")
+    exact: bool = Field(False, description="Exhaustive search instead of the HNSW index.")
+
+    def engine_kwargs(self, image: bytes | None) -> dict[str, Any]:
+        return {
+            "image": image,
+            "point_id": self.point_id,
+            "vector": self.vector,
+            "encoder": self.encoder,
+            "top_k": self.top_k,
+            "filter": SearchFilter(dataset=self.dataset, labels=tuple(self.labels), split=self.split),
+            "per_image": self.per_image,
+            "include_same_image": self.include_same_image,
+            "mpp": self.mpp,
+            "exact": self.exact,
+        }
+
+
+def _params(values: dict[str, Any]) -> SearchParams:
+    try:
+        return SearchParams.model_validate(values)
+    except ValidationError as exc:
+        raise InvalidInputError(describe_validation(exc.errors())) from None
+
+
+async def _form(request: Request) -> FormData:
+    try:
+        return await request.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    except MultiPartException as exc:
+        message = f"malformed multipart form: {exc.message}; send one file in 'image'"
+        raise InvalidInputError(message) from None
+
+
+async def _upload(form: FormData, required: bool) -> bytes | None:
+    """The bytes of the form's ``image`` file (a plain text field there is a mistake)."""
+    value = form.get("image")
+    if value is None:
+        if required:
+            raise InvalidInputError("no image: send the file in the multipart field 'image'")
+        return None
+    if not isinstance(value, UploadFile):
+        raise ImageDecodeError("the field 'image' must be a file upload, not text")
+    return await value.read()
+
+
+def _form_values(form: FormData) -> dict[str, Any]:
+    """Text fields as SearchParams input: empty ones left out, ``labels``/``label`` repeatable."""
+    values: dict[str, Any] = {}
+    for key in dict.fromkeys(form.keys()):
+        if key == "image":
+            continue
+        items = [v for v in form.getlist(key) if isinstance(v, str) and v.strip()]
+        if key in ("labels", "label"):
+            values.setdefault("labels", []).extend(items)
+        elif key == "vector" and items:
+            values[key] = [part for part in items[0].replace(",", " ").split() if part]
+        elif items:
+            values[key] = items[-1]
+    return values
+
+
+SEARCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/SearchParams"}},
+            "multipart/form-data": {
+                "schema": {
+                    "allOf": [
+                        {"$ref": "#/components/schemas/SearchParams"},
+                        {
+                            "type": "object",
+                            "properties": {"image": {"type": "string", "format": "binary"}},
+                        },
+                    ]
+                }
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "/search",
+    openapi_extra=SEARCH_BODY,
+    summary="Rank indexed tiles by similarity to an uploaded image, an indexed tile or a vector.",
+)
+async def search(request: Request) -> dict[str, Any]:
+    """The same JSON as ``histocli search --json``: encoder, took_ms, query_boxes, hits."""
+    kind = request.headers.get("content-type", "")
+    image: bytes | None = None
+    if kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        form = await _form(request)
+        try:
+            image = await _upload(form, required=False)
+            params = _params(_form_values(form))
+        finally:
+            await form.close()
+    elif kind.startswith("application/json"):
+        try:
+            body = await request.json()
+        except ValueError:
+            raise InvalidInputError("the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise InvalidInputError("the JSON body must be an object of search fields")
+        params = _params(body)
+    else:
+        raise InvalidInputError(
+            "send multipart/form-data (the file in 'image'), a form or application/json (point_id or vector)"
+        )
+    backend = request.app.state.backend
+    result = await run_in_threadpool(lambda: backend.search(**params.engine_kwargs(image)))
+    data: dict[str, Any] = result.as_dict()
+    return data
+
+
+@router.get("/encoders", summary="The encoders this server can search with (ListEncoders).")
+async def encoders(request: Request) -> dict[str, Any]:
+    infos = await run_in_threadpool(request.app.state.backend.list_encoders)
+    return {"encoders": [dataclasses.asdict(i) | {"trained_on": i.trained_on} for i in infos]}
+
+
+@router.get("/stats", summary="What the index holds (GetIndexStats).")
+async def stats(request: Request) -> dict[str, Any]:
+    figures = await run_in_threadpool(request.app.state.backend.stats)
+    data: dict[str, Any] = figures.as_dict()
+    return data
+
+
+async def _tile(request: Request, point_id: str, view: TileView, size: int | None, fmt: str) -> Response:
+    backend = request.app.state.backend
+    tile = await run_in_threadpool(lambda: backend.tile(point_id, view=view, size=size, fmt=fmt))
+    box = f"{tile.box.x},{tile.box.y},{tile.box.w},{tile.box.h}"
+    headers = {"Cache-Control": CACHE_TILES, "X-Tile-Box": box}
+    return Response(tile.data, media_type=tile.media_type, headers=headers)
+
+
+@router.get(
+    "/tiles/{point_id}",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}},
+    summary="An indexed tile's pixels, read from its source file (GetTile, view TILE).",
+)
+async def tile(request: Request, point_id: str, size: Size | None = None, format: Format = "png") -> Response:
+    return await _tile(request, point_id, TileView.TILE, size, format)
+
+
+@router.get(
+    "/images/{point_id}",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}},
+    summary="A tile's whole source image, downscaled, with the tile's box drawn (GetTile, view SOURCE).",
+)
+async def source_image(
+    request: Request,
+    point_id: str,
+    size: Size | None = None,
+    format: Format = "jpeg",
+) -> Response:
+    return await _tile(request, point_id, TileView.SOURCE, size, format)
+
+
+@router.post(
+    "/preview",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+    summary="An uploaded image downscaled to PNG (browsers cannot show TIFF); X-Image-Width/Height "
+    "give its original size, the pixels of a search's query_boxes.",
+)
+async def preview(request: Request) -> Response:
+    form = await _form(request)
+    try:
+        data = await _upload(form, required=True)
+        size = _form_values(form).get("size", DEFAULT_PREVIEW_SIZE)
+    finally:
+        await form.close()
+    if not str(size).isdigit() or not MIN_SIZE <= int(size) <= MAX_SIZE:
+        raise InvalidInputError(f"size must be an integer from {MIN_SIZE} to {MAX_SIZE} px, got {size!r}")
+    assert data is not None
+    png, width, height = await run_in_threadpool(_thumbnail, data, int(size), request.app.state.max_pixels)
+    headers = {"X-Image-Width": str(width), "X-Image-Height": str(height), "Cache-Control": "no-store"}
+    return Response(png, media_type="image/png", headers=headers)
+
+
+def _thumbnail(data: bytes, size: int, max_pixels: int) -> tuple[bytes, int, int]:
+    image = load_rgb(data, max_pixels)
+    width, height = image.size
+    image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue(), width, height
+
+
+@router.get("/health", summary="SERVING when the search backend answers (no token needed).")
+async def health(request: Request) -> dict[str, Any]:
+    infos = await run_in_threadpool(request.app.state.backend.list_encoders)
+    return {"status": "SERVING", "encoders": [i.name for i in infos]}
+
+
+__all__ = ["SearchParams", "router"]
