@@ -31,6 +31,7 @@ SUITES = {
     "query_image": "benchmarks.query_image",
     "ingest_scale": "benchmarks.ingest_scale",
     "load": "benchmarks.load",
+    "slide_read": "benchmarks.slide_read",
 }
 console = Console(width=150)
 

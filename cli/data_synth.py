@@ -26,9 +26,24 @@ def synth(
     sheet: bool = typer.Option(
         True, "--contact-sheet/--no-contact-sheet", help="Also write contact_sheet.png."
     ),
+    wsi: bool = typer.Option(
+        False,
+        "--wsi",
+        help="Whole-slide images instead: pyramidal TIFFs and slides.csv (--slides per class).",
+    ),
 ) -> None:
     """Write synthetic H&E whose class signal is morphology, not colour (numbers are synthetic)."""
     from histo.data.synth import contact_sheet, write_synthetic  # imported on use: keeps --help fast
+
+    if wsi:
+        from histo.data.synth_slides import write_synthetic_slides
+
+        written = write_synthetic_slides(dataset.value, out, slides_per_class=slides, seed=seed)
+        console.print(
+            f"wrote {len(written)} synthetic {dataset.value} whole-slide images (pyramidal TIFF, 0.5 µm/px) "
+            f"and slides.csv -> {out}; ingest with: histocli ingest {out} --dataset slides"
+        )
+        return
 
     summary = write_synthetic(dataset.value, out, slides=slides, tiles_per_slide=tiles_per_slide, seed=seed)
     console.print(

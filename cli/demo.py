@@ -50,6 +50,15 @@ def demo(
         console.print(
             f"  {score:.3f}  {payload['label']:>10}  {payload['image_id']}  ({payload['x']},{payload['y']})"
         )
+    slides = result.slides
+    if slides:
+        ranked = ", ".join(f"{slide} ({label}, {score:.3f})" for slide, label, score in slides["ranked"])
+        console.print(
+            f"slide search ({slides['encoder']}): {slides['query']} ({slides['label']}) is most like "
+            f"{ranked}",
+            highlight=False,
+        )
+        console.print(f"heatmap: {slides['heatmap']}", highlight=False)
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
     console.print(f"took {timing}")
     console.print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -9,6 +10,11 @@ from rich.table import Table
 
 from cli.common import console, domain_errors, open_index, settings_of
 from histo.errors import InvalidInputError
+
+
+class Level(StrEnum):
+    tile = "tile"
+    slide = "slide"
 
 
 def parse_ks(text: str) -> list[int]:
@@ -41,21 +47,34 @@ def evaluate(
     ),
     seed: int = typer.Option(0, "--seed"),
     synthetic: bool = typer.Option(False, "--synthetic", help="Label the report as synthetic data."),
+    level: Level = typer.Option(
+        Level.tile, "--level", help="tile: tiles retrieve tiles; slide: whole slides retrieve slides."
+    ),
 ) -> None:
-    """Leave-one-out retrieval (own image and slide excluded) for every encoder, with a report."""
+    """Leave-one-out retrieval (own image and slide excluded) for every encoder, with a report;
+    --level slide: leave-one-slide-out slide search (majority vote of the top k slides)."""
     from histo.evaluation import evaluate as run_evaluation
-    from histo.report import comparison_table, write_report
+    from histo.evaluation import evaluate_slides
+    from histo.report import comparison_table, write_report, write_slide_report
 
     settings = settings_of(ctx)
     ks = parse_ks(k)
     chosen = None if encoders.strip() == "all" else [e.strip() for e in encoders.split(",") if e.strip()]
-    with open_index(settings) as store:
-        results = run_evaluation(store, dataset, chosen, ks, max_queries=max_queries, seed=seed)
-    folder = out or settings.reports_dir / dataset
-    report = write_report(results, dataset, folder, ks, {dataset: data} if data else None, synthetic)
+    if level is Level.slide:
+        with open_index(settings) as store:
+            results = evaluate_slides(store, dataset, chosen, ks)
+        folder = out or settings.reports_dir / f"{dataset}-slides"
+        report = write_slide_report(results, dataset, folder, ks, synthetic)
+        title = f"slide search on {dataset} (leave-one-slide-out, own slide and patient excluded)"
+    else:
+        with open_index(settings) as store:
+            results = run_evaluation(store, dataset, chosen, ks, max_queries=max_queries, seed=seed)
+        folder = out or settings.reports_dir / dataset
+        report = write_report(results, dataset, folder, ks, {dataset: data} if data else None, synthetic)
+        title = f"retrieval on {dataset} (leave-one-out, own image and slide excluded)"
     main = [c for k_ in ks for c in (f"mMV@{k_}", f"mAP@{k_}")] + ["Acc@1"]
     header, rows = comparison_table(results, ks, main)
-    table = Table(title=f"retrieval on {dataset} (leave-one-out, own image and slide excluded)")
+    table = Table(title=title)
     for column in header:
         table.add_column(
             column, justify="left" if column == "encoder" else "right", no_wrap=True, min_width=len(column)

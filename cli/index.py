@@ -1,4 +1,4 @@
-"""``histocli index stats|drop``: what the index holds, and removing it."""
+"""``histocli index stats|mosaics|drop``: what the index holds, slide mosaics, and removing it."""
 
 from __future__ import annotations
 
@@ -37,6 +37,24 @@ def stats(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
         for label, count in sorted(per_label.items()):
             labels.add_row(dataset, label, str(count))
     console.print(labels)
+
+
+@app.command("mosaics")
+@domain_errors
+def mosaics(
+    ctx: typer.Context,
+    dataset: str = typer.Option(..., "--dataset", "-d", help="The data set whose slides to (re)choose."),
+    encoder: str = typer.Option(..., "--encoder", "-e", help="The encoder whose vectors choose the mosaics."),
+) -> None:
+    """Choose every whole-slide image's mosaic (representative tiles for slide search) anew."""
+    from histo.slide_search import build_mosaics, slide_ids_of
+
+    settings = settings_of(ctx)
+    with open_index(settings) as store:
+        chosen = build_mosaics(store, encoder, dataset, slide_ids_of(store, dataset), keep_encoder=False)
+    console.print(
+        f"{len(chosen)} slides of {dataset}: {sum(chosen.values())} mosaic tiles chosen with {encoder}"
+    )
 
 
 @app.command("drop")

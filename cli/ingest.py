@@ -40,6 +40,9 @@ def ingest(
         False, "--queue", help="Send batches of --batch-size tiles to Celery workers over Redis."
     ),
     attach: str | None = typer.Option(None, "--attach", metavar="JOB_ID", help="Follow a queued job again."),
+    mpp: float | None = typer.Option(
+        None, "--mpp", min=0.01, help="µm/px of images and slides whose files do not record it."
+    ),
 ) -> None:
     """Tile, embed with every encoder and upsert into the index; reruns resume, failures never stop it."""
     if queue or attach is not None:
@@ -47,7 +50,7 @@ def ingest(
 
         settings = settings_of(ctx)
         config = tiling_config(settings, tile_size, stride, target_mpp, min_tissue)
-        return ingest_queue.run(settings, root, dataset, encoders, config, batch_size, attach, as_json)
+        return ingest_queue.run(settings, root, dataset, encoders, config, batch_size, attach, as_json, mpp)
     if root is None or dataset is None:
         raise InvalidInputError("give the data set folder and --dataset NAME")
     from histo.data.datasets import scan_dataset
@@ -58,7 +61,7 @@ def ingest(
 
     settings = settings_of(ctx)
     config = tiling_config(settings, tile_size, stride, target_mpp, min_tissue)
-    scan = scan_dataset(root, dataset)
+    scan = scan_dataset(root, dataset).with_mpp(mpp)
     embedders = {
         n: Embedder.from_artifact(p) for n, p in resolve_encoders(encoders, settings.encoders_dir).items()
     }
@@ -83,6 +86,11 @@ def ingest(
         f"{summary.tiles_per_second:.1f} tiles/s "
         f"with {', '.join(embedders)}"
     )
+    if summary.mosaics:
+        console.print(
+            f"{len(summary.mosaics)} whole-slide images: {sum(summary.mosaics.values())} mosaic tiles for "
+            "slide search (histocli search QUERY --slides)"
+        )
     for problem in summary.failed:
         console.print(f"  failed: {problem.path}: {problem.reason}", highlight=False, soft_wrap=True)
     if summary.failed:

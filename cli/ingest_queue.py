@@ -19,9 +19,9 @@ from urllib.parse import urlsplit, urlunsplit
 import typer
 from tqdm import tqdm
 
-from cli.common import console, err_console
+from cli.common import console, err_console, open_index
 from histo.data.tiling import TilingConfig
-from histo.errors import HistoError, InvalidInputError, NotFoundError
+from histo.errors import HistoError, InvalidInputError, NotFoundError, StoreLockedError
 from histo.jobs import JobSnapshot, JobTracker, plan_batches
 from histo.queue_config import DEFAULT_QUEUE, EMBED_BATCH_TASK, celery_config
 from histo.settings import Settings
@@ -69,8 +69,10 @@ def run(
     tiles_per_batch: int,
     attach: str | None,
     as_json: bool,
+    mpp: float | None = None,
 ) -> None:
-    """Submit a new job (or attach to one), follow it to the end and print its summary."""
+    """Submit a new job (or attach to one), follow it to the end and print its summary; then choose
+    the mosaics of the whole-slide images it indexed (for slide search)."""
     if attach is not None:
         if root is not None or dataset is not None:
             raise InvalidInputError(
@@ -82,9 +84,40 @@ def run(
         raise InvalidInputError("give the data set folder and --dataset NAME (or --attach JOB_ID)")
     else:
         client = connect_redis(settings.redis.url)
-        tracker = submit(settings, client, root, dataset, encoders, config, tiles_per_batch, quiet=as_json)
+        tracker = submit(
+            settings, client, root, dataset, encoders, config, tiles_per_batch, quiet=as_json, mpp=mpp
+        )
     snapshot = follow(tracker, settings.redis.url, progress=not as_json)
     report(snapshot, settings, as_json)
+    mosaics = refresh_mosaics(settings, snapshot.dataset, list(snapshot.encoders))
+    if mosaics and not as_json:
+        console.print(
+            f"{len(mosaics)} whole-slide images: {sum(mosaics.values())} mosaic tiles for slide search"
+        )
+
+
+def refresh_mosaics(settings: Settings, dataset: str, encoders: list[str]) -> dict[str, int]:
+    """Choose the mosaics of every whole-slide image of ``dataset`` (workers index tiles only)."""
+    from histo.encoders.artifact import list_artifacts
+    from histo.search import default_encoder
+    from histo.slide_search import build_mosaics, slide_ids_of
+
+    metas = {
+        folder.name: meta for folder, meta in list_artifacts(settings.encoders_dir) if folder.name in encoders
+    }
+    encoder = default_encoder(metas)
+    if encoder is None:
+        return {}
+    try:
+        with open_index(settings) as store:
+            return build_mosaics(store, encoder, dataset, slide_ids_of(store, dataset))
+    except StoreLockedError as exc:
+        err_console.print(
+            f"[yellow]warning:[/yellow] slide mosaics not chosen ({exc}); run "
+            f"`histocli index mosaics -d {dataset} -e {encoder}` when the index is free",
+            highlight=False,
+        )
+        return {}
 
 
 def submit(
@@ -96,6 +129,7 @@ def submit(
     config: TilingConfig,
     tiles_per_batch: int,
     quiet: bool = False,
+    mpp: float | None = None,
 ) -> JobTracker:
     """Scan, plan, record the job and send one task per batch."""
     from celery import Celery
@@ -103,7 +137,7 @@ def submit(
     from histo.data.datasets import scan_dataset
     from histo.encoders.catalog import resolve_encoders
 
-    scan = scan_dataset(root, dataset)
+    scan = scan_dataset(root, dataset).with_mpp(mpp)
     names = list(resolve_encoders(encoders, settings.encoders_dir))  # workers load the same artifacts
     plan = plan_batches(scan.records, config, settings.images.max_pixels, tiles_per_batch)
     tracker = JobTracker.create(

@@ -10,6 +10,7 @@ from cli import (
     demo,
     encoders,
     evaluate,
+    heatmap,
     index,
     ingest,
     search,
@@ -41,6 +42,7 @@ app.command("search")(search.search)
 app.command("serve")(serve.serve)
 app.command("web")(web.web)
 app.command("evaluate")(evaluate.evaluate)
+app.command("heatmap")(heatmap.heatmap)
 app.command("demo")(demo.demo)
 
 

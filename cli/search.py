@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
-from cli.common import console, domain_errors, open_index, settings_of
+from cli.common import console, domain_errors, open_index, settings_of, tiling_config
 from histo.errors import ImageDecodeError, InvalidInputError, StoreLockedError
 from histo.search import SearchResult
 from histo.settings import Settings
+from histo.slide_search import SlideSearchResult
 from histo.store import SearchFilter
 
 
@@ -49,13 +51,42 @@ def search(
     ),
     tls_ca: Path | None = typer.Option(None, "--tls-ca", help="CA certificate (PEM) for a TLS server."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    slides: bool = typer.Option(
+        False,
+        "--slides",
+        help="Rank whole slides (by their mosaics) instead of tiles; QUERY may be a slide file.",
+    ),
+    slide_id: str | None = typer.Option(
+        None, "--slide-id", help="With --slides: query with an indexed slide."
+    ),
+    tiles_per_slide: int = typer.Option(
+        3, "--tiles-per-slide", min=1, max=20, help="Best tiles listed per slide."
+    ),
+    mpp: float | None = typer.Option(
+        None, "--mpp", help="The query's µm/px, if its file does not record it."
+    ),
 ) -> None:
-    """Rank indexed tiles by similarity to an image or an indexed tile, filtered by data set and label."""
+    """Rank indexed tiles (or, with --slides, whole slides) by similarity to an image, an indexed tile
+    or slide, filtered by data set and label."""
     settings = settings_of(ctx)
+    if slides or slide_id is not None:
+        options = {
+            **slide_query(settings, image, slide_id, mpp),
+            "encoder": encoder,
+            "top_k": top_k,
+            "filter": SearchFilter(dataset=dataset, labels=tuple(labels or ()), split=split),
+            "tiles_per_slide": tiles_per_slide,
+        }
+        found = call_engine(settings, server, tls_ca, "search_slides", options)
+        if as_json:
+            typer.echo(json.dumps(found.as_dict(), indent=2))
+        else:
+            _print_slides(found, str(image) if image is not None else f"slide {slide_id}")
+        return
     if (image is None) == (point_id is None):
         raise InvalidInputError("give a query image or --id POINT_ID (one of them)")
     query: dict[str, object] = {"point_id": point_id} if point_id is not None else {"image": _read(image)}
-    options: dict[str, object] = {
+    options = {
         "encoder": encoder,
         "top_k": top_k,
         "filter": SearchFilter(
@@ -70,10 +101,7 @@ def search(
         "exact": exact,
     }
     try:
-        if server:
-            result = _remote(settings, server, tls_ca, {**query, **options})
-        else:
-            result = _in_process(settings, {**query, **options})
+        result = call_engine(settings, server, tls_ca, "search", {**query, **options})
     except ImageDecodeError as exc:  # name the file instead of "uploaded image"
         raise type(exc)(str(exc).replace("uploaded image", str(image), 1)) from None
     if as_json:
@@ -89,15 +117,38 @@ def _read(image: Path | None) -> bytes:
     return image.read_bytes()
 
 
-def _remote(settings: Settings, server: str, tls_ca: Path | None, kwargs: dict[str, object]) -> SearchResult:
-    from histo.client import SearchClient
+def slide_query(
+    settings: Settings, image: Path | None, slide_id: str | None, mpp: float | None
+) -> dict[str, object]:
+    """An indexed slide's id, or the query file's bytes (a slide file: a montage of its tissue)."""
+    if (image is None) == (slide_id is None):
+        raise InvalidInputError(
+            "with --slides give a query (an image, region or slide file) or --slide-id ID"
+        )
+    if slide_id is not None:
+        return {"slide_id": slide_id}
+    from histo.data.slides import is_slide, slide_montage
 
-    ca = tls_ca or settings.grpc.tls_cert
-    with SearchClient(server, token=settings.grpc.token, tls_ca=ca) as client:
-        return client.search(**kwargs)  # type: ignore[arg-type]
+    assert image is not None
+    if is_slide(image):
+        return {"image": slide_montage(image, tiling_config(settings), mpp)}
+    return {"image": _read(image), "mpp": mpp}
 
 
-def _in_process(settings: Settings, kwargs: dict[str, object]) -> SearchResult:
+def call_engine(
+    settings: Settings, server: str | None, tls_ca: Path | None, method: str, kwargs: dict[str, object]
+) -> Any:
+    """``method`` of a SearchClient of ``server``, or of an in-process engine."""
+    if server:
+        from histo.client import SearchClient
+
+        ca = tls_ca or settings.grpc.tls_cert
+        with SearchClient(server, token=settings.grpc.token, tls_ca=ca) as client:
+            return getattr(client, method)(**kwargs)
+    return _in_process(settings, method, kwargs)
+
+
+def _in_process(settings: Settings, method: str, kwargs: dict[str, object]) -> Any:
     from histo.search import SearchEngine, default_encoder, searchable_artifacts
 
     try:
@@ -110,7 +161,7 @@ def _in_process(settings: Settings, kwargs: dict[str, object]) -> SearchResult:
             available = searchable_artifacts(store, settings.encoders_dir)
             name = default_encoder({n: meta for n, (_, meta) in available.items()})
         engine = SearchEngine.from_settings(store, settings, [str(name)] if name else [], warm_up=False)
-        return engine.search(**kwargs)  # type: ignore[arg-type]
+        return getattr(engine, method)(**kwargs)
 
 
 def _locked(settings: Settings, exc: StoreLockedError) -> str:
@@ -127,6 +178,29 @@ def _locked(settings: Settings, exc: StoreLockedError) -> str:
             f"(the address it printed; by default {address})"
         )
     return f"{exc}; if that is a search server, add --server HOST:PORT (by default {address})"
+
+
+def _print_slides(result: SlideSearchResult, query: str) -> None:
+    console.print(
+        f"{len(result.slides)} slides for {query} with {result.encoder} in {result.took_ms:.1f} ms "
+        "(score: median over query tiles of each slide's best mosaic match)",
+        highlight=False,
+    )
+    table = Table()
+    for column in ("#", "score", "slide", "dataset", "label", "patient", "best tiles (x,y)"):
+        table.add_column(column, justify="right" if column in ("#", "score") else "left")
+    for rank, slide in enumerate(result.slides, start=1):
+        tiles = " ".join(f"{t.payload.get('x')},{t.payload.get('y')}" for t in slide.tiles)
+        table.add_row(
+            str(rank),
+            f"{slide.score:.4f}",
+            slide.slide_id,
+            str(slide.dataset or "-"),
+            str(slide.label or "-"),
+            str(slide.patient_id or "-"),
+            tiles,
+        )
+    console.print(table)
 
 
 def _print(result: SearchResult, query: str) -> None:

@@ -42,6 +42,7 @@ from histo.errors import (
     StoreUnavailableError,
     UnknownNameError,
 )
+from histo.heatmap import DEFAULT_BEST, Heatmap
 from histo.rpc.v1 import search_pb2, search_pb2_grpc
 from histo.search import (
     DEFAULT_TOP_K,
@@ -52,6 +53,7 @@ from histo.search import (
     check_per_image,
     check_top_k,
 )
+from histo.slide_search import DEFAULT_TILES_PER_SLIDE, SlideHit, SlideMatch, SlideSearchResult
 from histo.store.base import SearchFilter
 
 MIB = 1024 * 1024
@@ -232,15 +234,7 @@ class SearchClient:
             request.grouping.per_image = check_per_image(per_image) or 1
         response = self._call(self._stub.Search, request)
         return SearchResult(
-            hits=[
-                SearchHit(
-                    h.id,
-                    float(h.score),
-                    payload_from(h.payload),
-                    h.query_tile if h.HasField("query_tile") else None,
-                )
-                for h in response.hits
-            ],
+            hits=[SearchHit(*_hit_fields(h)) for h in response.hits],
             encoder=response.encoder,
             took_ms=response.took_ms,
             query_boxes=[Box(b.x, b.y, b.w, b.h) for b in response.query_boxes],
@@ -296,6 +290,74 @@ class SearchClient:
         r = self._call(self._stub.GetTile, request)
         return TileImage(r.image, r.media_type, r.width, r.height, Box(r.box.x, r.box.y, r.box.w, r.box.h))
 
+    def search_slides(
+        self,
+        *,
+        image: bytes | Path | None = None,
+        slide_id: str | None = None,
+        encoder: str | None = None,
+        top_k: int = DEFAULT_TOP_K,
+        filter: SearchFilter | None = None,
+        tiles_per_slide: int = DEFAULT_TILES_PER_SLIDE,
+        mpp: float | None = None,
+        exact: bool = False,
+    ) -> SlideSearchResult:
+        """Like ``SearchEngine.search_slides``; ``image`` may also be a file path, read here."""
+        request = search_pb2.SearchSlidesRequest(
+            encoder=encoder or "",
+            top_k=check_top_k(top_k),
+            filter=filter_message(filter),
+            tiles_per_slide=tiles_per_slide,
+            mpp=mpp or 0.0,
+            exact=exact,
+        )
+        if image is not None:
+            request.image = _read_image(image) if isinstance(image, Path) else bytes(image)
+        if slide_id is not None:
+            request.slide_id = slide_id
+        r = self._call(self._stub.SearchSlides, request)
+        return SlideSearchResult(
+            slides=[
+                SlideHit(
+                    slide_id=s.slide_id,
+                    score=float(s.score),
+                    dataset=s.dataset or None,
+                    label=s.label or None,
+                    patient_id=s.patient_id or None,
+                    tiles=[SlideMatch(*_hit_fields(t)) for t in s.tiles],
+                )
+                for s in r.slides
+            ],
+            encoder=r.encoder,
+            took_ms=r.took_ms,
+            query_boxes=[Box(b.x, b.y, b.w, b.h) for b in r.query_boxes],
+        )
+
+    def heatmap(
+        self,
+        *,
+        slide_id: str,
+        image: bytes | Path | None = None,
+        point_id: str | None = None,
+        encoder: str | None = None,
+        size: int | None = None,
+        best: int = DEFAULT_BEST,
+        mpp: float | None = None,
+    ) -> Heatmap:
+        """Like ``SearchEngine.heatmap``: the slide's thumbnail coloured by similarity, as PNG."""
+        request = search_pb2.GetHeatmapRequest(
+            slide_id=slide_id, encoder=encoder or "", size=check_size(size) or 0, best=best, mpp=mpp or 0.0
+        )
+        if image is not None:
+            request.image = _read_image(image) if isinstance(image, Path) else bytes(image)
+        if point_id is not None:
+            request.point_id = point_id
+        r = self._call(self._stub.GetHeatmap, request)
+        best_boxes = [
+            (Box(b.x, b.y, b.w, b.h), float(s)) for b, s in zip(r.best_boxes, r.best_scores, strict=True)
+        ]
+        return Heatmap(r.image, r.media_type, r.width, r.height, best_boxes)
+
     def health(self, service: str = "") -> str:
         """The server's health status name for ``service`` ("" = the whole server): SERVING, ..."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -340,6 +402,11 @@ class SearchClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _hit_fields(h: search_pb2.Hit) -> tuple[str, float, dict[str, Any], int | None]:
+    """A Hit's id, score, payload and query tile (None when absent)."""
+    return h.id, float(h.score), payload_from(h.payload), h.query_tile if h.HasField("query_tile") else None
 
 
 def _read_pem(source: Path | bytes) -> bytes:

@@ -1,9 +1,11 @@
 """The main job, end to end on the embedded default: data → train → ingest → evaluate → search.
 
-Synthetic BACH-like and BRACS-like sets (in their real layouts) plus the shipped real samples;
+Synthetic BACH-like and BRACS-like sets (in their real layouts), four synthetic whole-slide images
+(pyramidal TIFF, one per BACH-like class) and the shipped real samples;
 the four SSL methods trained briefly on the BACH-like set within a time budget; every tile
 ingested with every encoder and baseline; leave-one-out evaluation with a report; one example
-query. Numbers are synthetic: they show the pipeline works, not real-data performance.
+query, one slide search and its heatmap. Numbers are synthetic: they show the pipeline works,
+not real-data performance.
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ from typing import Any
 from histo.data.datasets import scan_dataset
 from histo.data.samples import sample_dir
 from histo.data.synth import write_synthetic
+from histo.data.synth_slides import write_synthetic_slides
+from histo.data.tile_source import TileSource
 from histo.data.tiling import TilingConfig
 from histo.embedding import Embedder
 from histo.encoders.artifact import load_meta
 from histo.encoders.catalog import resolve_encoders
 from histo.encoders.registry import names
 from histo.evaluation import evaluate
+from histo.heatmap import render_heatmap, tile_similarities
 from histo.ingest import Ingestor, ingest
 from histo.report import best_encoder, write_report
+from histo.slide_search import rank_slides, slide_ids_of, slide_mosaic
 from histo.store.base import SearchFilter, VectorStore
 from histo.training import TrainConfig, train
 
@@ -42,6 +48,8 @@ class DemoConfig:
     bach_slides: int = 10
     bracs_slides: int = 8
     tiles_per_slide: int = 16
+    #: Synthetic whole-slide images per BACH-like class (pyramidal TIFFs, for slide search).
+    wsi_per_class: int = 1
     seed: int = 0
     methods: list[str] = field(default_factory=lambda: names(kind="ssl"))
     tiling: TilingConfig = field(default_factory=TilingConfig)
@@ -59,6 +67,7 @@ class DemoResult:
     tables: dict[str, Any]
     example: dict[str, Any]
     training: dict[str, dict[str, Any]] = field(default_factory=dict)
+    slides: dict[str, Any] = field(default_factory=dict)
 
 
 def make_data(config: DemoConfig) -> dict[str, Path]:
@@ -69,7 +78,11 @@ def make_data(config: DemoConfig) -> dict[str, Path]:
         "bach", bach, slides=config.bach_slides, tiles_per_slide=config.tiles_per_slide, seed=config.seed
     )
     write_synthetic("bracs", bracs, slides=config.bracs_slides, tiles_per_slide=14, seed=config.seed)
-    return {"bach": bach, "bracs": bracs, "folder": sample_dir()}
+    wsi = config.data_dir / "wsi"
+    write_synthetic_slides(
+        "bach", wsi, slides_per_class=config.wsi_per_class, seed=config.seed, size=(1536, 2048)
+    )
+    return {"bach": bach, "bracs": bracs, "folder": sample_dir(), "slides": wsi}
 
 
 def train_all(
@@ -141,6 +154,34 @@ def example_query(store: VectorStore, encoder: str) -> dict[str, Any]:
     return {"query": query.payload, "encoder": encoder, "hits": [(h.score, h.payload) for h in hits]}
 
 
+def slide_example(store: VectorStore, encoder: str, out: Path) -> dict[str, Any]:
+    """One synthetic whole-slide image as a slide query (its mosaic, itself excluded) and the
+    heatmap of its own best-matching tile over the slide ranked first."""
+    slides = slide_ids_of(store, "slides")
+    if not slides:
+        return {}
+    query = slides[0]
+    vectors, payload = slide_mosaic(store, encoder, query)
+    ranked = rank_slides(
+        store, encoder, vectors, SearchFilter(exclude_slide_ids=(query,)), top_k=3, exact=True
+    )
+    top = ranked[0]
+    payloads, scores = tile_similarities(store, encoder, top.slide_id, vectors)
+    drawn = render_heatmap(
+        TileSource(), payloads, scores, f"{top.slide_id}: similarity to {query}'s mosaic ({encoder})"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"heatmap_{top.slide_id}.png"
+    path.write_bytes(drawn.data)
+    return {
+        "query": query,
+        "label": payload.get("label"),
+        "encoder": encoder,
+        "ranked": [(s.slide_id, s.label, s.score) for s in ranked],
+        "heatmap": path,
+    }
+
+
 def run_demo(config: DemoConfig, store: VectorStore, say: Callable[[str], None] = print) -> DemoResult:
     """The whole path; returns timings, report paths, comparison tables and the example query."""
     seconds: dict[str, float] = {}
@@ -162,5 +203,6 @@ def run_demo(config: DemoConfig, store: VectorStore, say: Callable[[str], None] 
     seconds["evaluate"] = time.perf_counter() - started - sum(seconds.values())
     best = best_encoder(tables["bach"], "mMV@5")
     example = example_query(store, best)
+    slides = slide_example(store, best, config.home / "reports" / "slides")
     seconds["total"] = time.perf_counter() - started
-    return DemoResult(seconds, reports, tables, example, training)
+    return DemoResult(seconds, reports, tables, example, training, slides)

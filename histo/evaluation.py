@@ -128,6 +128,20 @@ def evaluate_encoder(
     return EncoderResult(summary, shown, tiles)
 
 
+def _chosen(store: VectorStore, encoders: list[str] | None, ks: list[int]) -> list[str]:
+    """The encoders to evaluate (default: every named vector), after checking them and ``ks``."""
+    if any(k < 1 for k in ks):
+        raise InvalidInputError(f"k values must be positive, got {ks}")
+    available = list(store.vectors())
+    chosen = encoders or available
+    unknown = [name for name in chosen if name not in available]
+    if unknown:
+        raise InvalidInputError(
+            f"no vectors for {', '.join(unknown)} in the index; it has: {', '.join(available)}"
+        )
+    return chosen
+
+
 def evaluate(
     store: VectorStore,
     dataset: str,
@@ -139,15 +153,7 @@ def evaluate(
 ) -> dict[str, EncoderResult]:
     """Every requested encoder (default: every named vector in the index) on ``dataset``."""
     ks = sorted(set(ks or [1, 5, 10]))
-    if any(k < 1 for k in ks):
-        raise InvalidInputError(f"k values must be positive, got {ks}")
-    available = list(store.vectors())
-    chosen = encoders or available
-    unknown = [name for name in chosen if name not in available]
-    if unknown:
-        raise InvalidInputError(
-            f"no vectors for {', '.join(unknown)} in the index; it has: {', '.join(available)}"
-        )
+    chosen = _chosen(store, encoders, ks)
     results = {}
     for name in tqdm(chosen, desc=f"evaluating {dataset}", unit="encoder", disable=not progress):
         tiles = load_tiles(store, dataset, name)
@@ -156,4 +162,50 @@ def evaluate(
                 f"no labelled {dataset} tiles with {name} vectors; ingest {dataset} first"
             )
         results[name] = evaluate_encoder(tiles, ks, max_queries, seed)
+    return results
+
+
+# ------------------------------------------------------------------------------------------------
+# Slide level
+# ------------------------------------------------------------------------------------------------
+
+
+def evaluate_slides(
+    store: VectorStore,
+    dataset: str,
+    encoders: list[str] | None = None,
+    ks: list[int] | None = None,
+    progress: bool = True,
+) -> dict[str, EncoderResult]:
+    """Leave-one-slide-out slide search: every labelled whole-slide image of ``dataset`` queries
+    with its own mosaic (``histo.slide_search``) against the other slides (its own slide and
+    patient excluded, exhaustive search); metrics on the ranked slides' labels (MV@k: majority
+    vote of the top k slides)."""
+    from histo.slide_search import rank_slides, slide_mosaics
+
+    ks = sorted(set(ks or [1, 3, 5]))
+    chosen = _chosen(store, encoders, ks)
+    results = {}
+    for name in tqdm(chosen, desc=f"evaluating {dataset} slides", unit="encoder", disable=not progress):
+        mosaics = slide_mosaics(store, name, dataset)
+        labelled = {slide: m for slide, m in mosaics.items() if m.label}
+        if len(labelled) < 2:
+            raise InvalidInputError(
+                f"slide search needs at least 2 labelled whole-slide images of {dataset} with {name} "
+                f"mosaics; found {len(labelled)} (ingest the slides, then histocli index mosaics if needed)"
+            )
+        queries = []
+        for slide, mosaic in labelled.items():
+            flt = SearchFilter(
+                dataset=dataset,
+                exclude_slide_ids=(slide,),
+                exclude_patient_ids=(mosaic.patient_id,) if mosaic.patient_id else (),
+            )
+            ranked = rank_slides(store, name, mosaic.vectors, flt, max(ks), exact=True)
+            queries.append(
+                QueryResult(str(mosaic.label), [str(r.label) for r in ranked], [r.score for r in ranked])
+            )
+        summary = summarise(queries, ks)
+        summary["protocol"] = {"level": "slide", "queries": len(queries), "slides": len(mosaics)}
+        results[name] = EncoderResult(summary)
     return results

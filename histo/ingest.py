@@ -1,6 +1,7 @@
 """The in-process ingestion pipeline: decode and tile in worker processes, embed in batches, upsert.
 
-A ``DataLoader`` decodes and tiles whole images in its worker processes while the main process
+A ``DataLoader`` decodes and tiles whole images (a whole-slide image: its tissue tiles in parts of
+``SLIDE_PART``, found on its thumbnail first) in its worker processes while the main process
 embeds full batches with every encoder and upserts one point per tile with all its vectors at
 once — so a crash or a corrupt file never leaves a partial point. Before embedding, the store is
 asked which tiles still lack which vectors: a rerun skips finished tiles, and a new encoder only
@@ -23,20 +24,59 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from histo.data.datasets.base import Problem
-from histo.data.records import ImageRecord, Tile
+from histo.data.records import Box, ImageRecord, Tile
+from histo.data.slides import is_slide, plan_slide, slide_tiles
 from histo.data.tiling import TilingConfig, iter_tiles
 from histo.embedding import Embedder
-from histo.errors import ImageDecodeError
+from histo.errors import HistoError, ImageDecodeError, InvalidInputError
+from histo.slide_search import build_mosaics
 from histo.store.base import Point, VectorStore
+
+#: Tiles of a slide per unit of loader work, so that a 100,000-tile slide never sits in memory.
+SLIDE_PART = 256
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One loader item: a whole photo (``boxes`` None) or a part of a planned slide."""
+
+    record: ImageRecord
+    boxes: tuple[Box, ...] | None = None
+    last: bool = True  # the record's last unit: the progress bar counts images
 
 
 @dataclass
 class ImageTiles:
-    """What a loader worker hands back for one image: its tiles, or why it has none."""
+    """What a loader worker hands back for one unit: its tiles, or why it has none."""
 
     record: ImageRecord
     tiles: list[Tile]
     error: str | None = None
+    last: bool = True
+
+
+def reason_of(record: ImageRecord, exc: Exception) -> str:
+    """An error's message without the path that the failure list prints beside it."""
+    return str(exc).removeprefix(f"{record.path}: ")
+
+
+def plan_units(records: list[ImageRecord], config: TilingConfig) -> tuple[list[WorkUnit], list[Problem]]:
+    """One unit per photo; per slide, its tissue boxes (from the thumbnail) in parts of SLIDE_PART.
+    A slide that cannot be planned (unreadable, no µm/px, no tissue) is one problem."""
+    units: list[WorkUnit] = []
+    problems: list[Problem] = []
+    for record in records:
+        if not is_slide(record.path):
+            units.append(WorkUnit(record))
+            continue
+        try:
+            planned, boxes = plan_slide(record, config)
+        except HistoError as exc:
+            problems.append(Problem(str(record.path), reason_of(record, exc)))
+            continue
+        parts = [tuple(boxes[i : i + SLIDE_PART]) for i in range(0, len(boxes), SLIDE_PART)]
+        units.extend(WorkUnit(planned, part, n == len(parts) - 1) for n, part in enumerate(parts))
+    return units, problems
 
 
 @dataclass
@@ -50,6 +90,8 @@ class IngestSummary:
     skipped: int = 0
     seconds: float = 0.0
     failed: list[Problem] = field(default_factory=list)
+    #: Mosaic tiles chosen per whole-slide image (``histo.slide_search``).
+    mosaics: dict[str, int] = field(default_factory=dict)
 
     @property
     def tiles_per_second(self) -> float:
@@ -65,25 +107,42 @@ class IngestSummary:
             "failed": len(self.failed),
             "seconds": round(self.seconds, 2),
             "tiles_per_second": round(self.tiles_per_second, 1),
+            "slides": len(self.mosaics),
+            "mosaic_tiles": sum(self.mosaics.values()),
             "failures": [{"path": p.path, "reason": p.reason} for p in self.failed],
         }
 
 
 class TilingDataset(Dataset):
-    """One item per image: decoded and tiled inside the DataLoader worker."""
+    """One item per work unit: decoded and tiled inside the DataLoader worker."""
 
-    def __init__(self, records: list[ImageRecord], config: TilingConfig, max_pixels: int) -> None:
-        self.records, self.config, self.max_pixels = records, config, max_pixels
+    def __init__(self, units: list[WorkUnit], config: TilingConfig, max_pixels: int) -> None:
+        self.units, self.config, self.max_pixels = units, config, max_pixels
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.units)
 
     def __getitem__(self, index: int) -> ImageTiles:
-        record = self.records[index]
+        unit = self.units[index]
+        record = unit.record
         try:
-            return ImageTiles(record, list(iter_tiles(record, self.config, self.max_pixels)))
+            if unit.boxes is None:
+                return ImageTiles(
+                    record, list(iter_tiles(record, self.config, self.max_pixels)), last=unit.last
+                )
+            unreadable: list[str] = []
+            tiles = list(slide_tiles(record, unit.boxes, self.config, unreadable))
+            return ImageTiles(record, tiles, _unreadable(unreadable), last=unit.last)
         except ImageDecodeError as exc:
-            return ImageTiles(record, [], str(exc).removeprefix(f"{record.path}: "))
+            return ImageTiles(record, [], reason_of(record, exc), last=unit.last)
+
+
+def _unreadable(reasons: list[str]) -> str | None:
+    """One line for a slide part's unreadable tiles (the readable ones are still indexed)."""
+    if not reasons:
+        return None
+    more = f" (and {len(reasons) - 1} more tiles)" if len(reasons) > 1 else ""
+    return f"{reasons[0]}{more}; the slide's other tiles were indexed"
 
 
 def _die_with_parent(worker_id: int, parent: int) -> None:
@@ -131,6 +190,16 @@ class Ingestor:
         self.store, self.embedders, self.batch_size = store, embedders, batch_size
         store.ensure_vectors({name: embedder.dim for name, embedder in embedders.items()})
 
+    @property
+    def mosaic_encoder(self) -> str:
+        """The encoder whose vectors choose slide mosaics: the one searches default to."""
+        from histo.search import default_encoder
+
+        name = default_encoder({n: e.meta for n, e in self.embedders.items()})
+        if name is None:
+            raise InvalidInputError("ingestion needs at least one encoder")
+        return name
+
     def write(self, tiles: list[Tile]) -> tuple[int, int]:
         """Embed what is missing and upsert; returns (embedded, skipped)."""
         if not tiles:
@@ -161,9 +230,12 @@ def ingest(
     """Tile, embed and upsert every record; failures are recorded, never fatal."""
     dataset = records[0].dataset if records else "-"
     summary = IngestSummary(dataset)
+    units, unplanned = plan_units(records, config)
+    summary.failed.extend(unplanned)
+    summary.images += len(unplanned)
     workers = default_workers() if num_workers is None else num_workers
     loader = DataLoader(
-        TilingDataset(records, config, max_pixels),
+        TilingDataset(units, config, max_pixels),
         batch_size=None,
         collate_fn=_as_is,
         num_workers=workers,
@@ -173,21 +245,32 @@ def ingest(
     )
     started = time.perf_counter()
     pending: list[Tile] = []
-    with tqdm(total=len(records), desc=f"ingesting {dataset}", unit="img", disable=not progress) as bar:
+    with tqdm(
+        total=len(records),
+        initial=len(unplanned),
+        desc=f"ingesting {dataset}",
+        unit="img",
+        disable=not progress,
+    ) as bar:
         for item in loader:
-            summary.images += 1
-            if item.error is not None:
+            failed_before = summary.failed and summary.failed[-1].path == str(item.record.path)
+            if item.error is not None and not failed_before:  # a slide's part fails once
                 summary.failed.append(Problem(str(item.record.path), item.error))
             pending.extend(item.tiles)
             summary.tiles += len(item.tiles)
             while len(pending) >= ingestor.batch_size:
                 _flush(ingestor, pending[: ingestor.batch_size], summary)
                 del pending[: ingestor.batch_size]
-            bar.update(1)
+            if item.last:
+                summary.images += 1
+                bar.update(1)
             bar.set_postfix(
                 tiles=summary.tiles, tiles_s=f"{summary.tiles / (time.perf_counter() - started):.1f}"
             )
         _flush(ingestor, pending, summary)
+    slides = sorted({u.record.slide_id for u in units if u.boxes is not None and u.record.slide_id})
+    if slides:
+        summary.mosaics = build_mosaics(ingestor.store, ingestor.mosaic_encoder, dataset, slides)
     ingestor.store.optimize()
     summary.seconds = time.perf_counter() - started
     if failures_file is not None:

@@ -30,9 +30,10 @@ from PIL import Image
 from histo.data.datasets.base import Problem
 from histo.data.images import load_rgb, open_header
 from histo.data.records import Box, ImageRecord, Tile, point_id, tile_payload
+from histo.data.slides import is_slide, plan_slide, slide_tiles
 from histo.data.tiling import TilingConfig, boxes_for, check_tileable, cut_tile
 from histo.data.tissue import is_tissue
-from histo.errors import ImageDecodeError, InvalidInputError, NotFoundError
+from histo.errors import HistoError, ImageDecodeError, InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -157,6 +158,17 @@ def _reason(record: ImageRecord, exc: Exception) -> str:
     return str(exc).removeprefix(f"{record.path}: ")
 
 
+def _grid(record: ImageRecord, config: TilingConfig, max_pixels: int) -> tuple[ImageRecord, list[Box]]:
+    """A photo's grid boxes from its header; a slide's tissue boxes from its thumbnail (the record
+    then carries the slide's µm/px, so the worker's payload says it)."""
+    if is_slide(record.path):
+        return plan_slide(record, config)
+    with open_header(record.path, max_pixels) as image:
+        size = upright_size(image)
+    check_tileable(size, str(record.path))  # as in-process ingestion refuses it
+    return record, boxes_for(size, record, config)
+
+
 def plan_batches(
     records: Iterable[ImageRecord],
     config: TilingConfig,
@@ -184,13 +196,10 @@ def plan_batches(
     for record in records:
         plan.images += 1
         try:
-            with open_header(record.path, max_pixels) as image:
-                size = upright_size(image)
-            check_tileable(size, str(record.path))  # as in-process ingestion refuses it
-        except ImageDecodeError as exc:
+            record, boxes = _grid(record, config, max_pixels)
+        except HistoError as exc:
             plan.failures.append(Problem(str(record.path), _reason(record, exc)))
             continue
-        boxes = boxes_for(size, record, config)
         if len(boxes) > room and pending:
             flush()
         while boxes:
@@ -223,30 +232,34 @@ def process_batch(batch: TileBatch, ingestor: Ingestor, config: TilingConfig, ma
     result = BatchResult()
     tiles: list[Tile] = []
     for item in batch.items:
-        record = item.record
         try:
-            image = load_rgb(record.path, max_pixels)
+            found = _item_tiles(item, config, max_pixels)
         except ImageDecodeError as exc:
-            result.failures.append(Problem(str(record.path), _reason(record, exc)))
+            result.failures.append(Problem(str(item.record.path), _reason(item.record, exc)))
             continue
-        try:
-            for box in item.boxes:
-                pixels = cut_tile(image, box, config.tile_size)
-                if not is_tissue(pixels, config.min_tissue):
-                    result.background += 1
-                    continue
-                tiles.append(
-                    Tile(
-                        id=point_id(record.dataset, record.rel_path, box),
-                        box=box,
-                        pixels=pixels,
-                        payload=tile_payload(record, box, config.tile_size),
-                    )
-                )
-        finally:
-            image.close()
+        result.background += len(item.boxes) - len(found)
+        tiles.extend(found)
     result.embedded, result.skipped = ingestor.write(tiles)
     return result
+
+
+def _item_tiles(item: BatchItem, config: TilingConfig, max_pixels: int) -> list[Tile]:
+    """The tissue tiles of one batch item: a photo decoded once, or a slide's boxes read one by one
+    (a slide tile that cannot be decoded fails the item, as a corrupt photo does)."""
+    record = item.record
+    if is_slide(record.path):
+        return list(slide_tiles(record, item.boxes, config))
+    image = load_rgb(record.path, max_pixels)
+    try:
+        tiles = []
+        for box in item.boxes:
+            pixels = cut_tile(image, box, config.tile_size)
+            if is_tissue(pixels, config.min_tissue):
+                payload = tile_payload(record, box, config.tile_size)
+                tiles.append(Tile(point_id(record.dataset, record.rel_path, box), box, pixels, payload))
+        return tiles
+    finally:
+        image.close()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,6 +24,53 @@ from histo.evaluation import EncoderResult
 BAR_METRICS = ("mMV@5", "mAP@5", "P@5", "Acc@1")
 
 
+def write_slide_report(
+    results: dict[str, EncoderResult], dataset: str, out: Path, ks: list[int], synthetic: bool = False
+) -> Path:
+    """Slide-level metrics: ``metrics.json``, ``report.md``, bars and the best encoder's confusion."""
+    out.mkdir(parents=True, exist_ok=True)
+    k_main = max(k for k in ks if k <= 5) if min(ks) <= 5 else min(ks)
+    best = best_encoder(results, f"mMV@{k_main}")
+    chance = 1.0 / max(1, len(results[best].summary["per_class"]))
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "dataset": dataset,
+                "level": "slide",
+                "chance": chance,
+                "best": best,
+                "encoders": {n: r.summary for n, r in results.items()},
+            },
+            indent=2,
+        )
+    )
+    plots = [
+        _bars(results, out / "metrics.png", chance),
+        _confusion(results[best], best, k_main, out / "confusion.png"),
+    ]
+    header, rows = comparison_table(results, ks)
+    protocol = next(iter(results.values())).summary["protocol"]
+    lines = [
+        f"# Slide search on {dataset}" + (" (SYNTHETIC data)" if synthetic else ""),
+        "",
+        f"Leave-one-slide-out over {protocol['queries']} labelled slides "
+        f"({protocol['slides']} with a mosaic): "
+        "each slide queries with its own mosaic, its own slide and patient excluded, exhaustive search; "
+        "slides ranked by the median over query tiles of their best mosaic similarity; MV@k is the majority "
+        f"vote of the top k slides' labels. Chance (mMV) {chance:.3f}. Best by mMV@{k_main}: **{best}**.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+        *(f"![{p.stem}]({p.name})" for p in plots),
+        "",
+    ]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
 def best_encoder(results: dict[str, EncoderResult], metric: str) -> str:
     return max(results, key=lambda name: results[name].summary["overall"].get(metric, -1.0))
 

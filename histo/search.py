@@ -47,10 +47,12 @@ from PIL import Image
 
 from histo.data.images import DEFAULT_MAX_PIXELS, load_rgb
 from histo.data.records import Box
-from histo.data.tile_source import TileImage, TileSource, TileView
+from histo.data.tile_source import TileImage, TileSource, TileView, check_size
 from histo.data.tiling import TilingConfig, check_tileable, cut_tile, grid_boxes
 from histo.data.tissue import tissue_fraction
 from histo.errors import InvalidInputError, NotFoundError, UnknownNameError, unknown_name
+from histo.heatmap import DEFAULT_BEST, DEFAULT_SIZE, Heatmap, render_heatmap, tile_similarities
+from histo.slide_search import DEFAULT_TILES_PER_SLIDE, SlideSearchResult, rank_slides, slide_mosaic
 from histo.store.base import SearchFilter, VectorStore, canonical_id
 
 if TYPE_CHECKING:  # torch is imported only when encoders are loaded
@@ -63,6 +65,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TOP_K = 10
 MAX_TOP_K = 1000
 MAX_QUERY_TILES = 64
+MAX_TILES_PER_SLIDE = 20
 #: The most candidates fetched per query tile when grouping needs to look deeper.
 MAX_CANDIDATES = 10_000
 #: Baselines in the order they are preferred as the default encoder (after any trained SSL encoder).
@@ -397,6 +400,81 @@ class SearchEngine:
             queries = [vector]
         hits = self._rank(name, queries, k, flt, per_group, skip, exact, tiled=image is not None)
         return SearchResult(hits, name, (time.perf_counter() - started) * 1000.0, boxes)
+
+    def search_slides(
+        self,
+        *,
+        image: bytes | None = None,
+        slide_id: str | None = None,
+        encoder: str | None = None,
+        top_k: int = DEFAULT_TOP_K,
+        filter: SearchFilter | None = None,
+        tiles_per_slide: int = DEFAULT_TILES_PER_SLIDE,
+        mpp: float | None = None,
+        exact: bool = False,
+    ) -> SlideSearchResult:
+        """The ``top_k`` indexed slides most like an image (tiled as any image query) or an indexed
+        slide (by its mosaic; its own slide and patient excluded), ranked by the rule of
+        ``histo.slide_search``; each with its best-matching tiles."""
+        started = time.perf_counter()
+        if (image is None) == (slide_id is None):
+            raise InvalidInputError("give exactly one slide query: an image or an indexed slide id")
+        name = self._encoder(encoder)
+        k = check_top_k(top_k)
+        if not isinstance(tiles_per_slide, int) or not 1 <= tiles_per_slide <= MAX_TILES_PER_SLIDE:
+            raise InvalidInputError(
+                f"tiles_per_slide must be an integer from 1 to {MAX_TILES_PER_SLIDE}, got {tiles_per_slide!r}"
+            )
+        if filter is not None and not isinstance(filter, SearchFilter):
+            raise InvalidInputError(f"filter must be a histo.store.SearchFilter, got {type(filter).__name__}")
+        flt = filter or SearchFilter()
+        boxes: list[Box] = []
+        if image is not None:
+            queries, boxes = self._embed_image(name, image, mpp)
+        else:
+            assert slide_id is not None
+            queries, payload = slide_mosaic(self.store, name, slide_id)
+            patient = payload.get("patient_id")
+            flt = dataclasses.replace(
+                flt,
+                exclude_slide_ids=(*flt.exclude_slide_ids, slide_id),
+                exclude_patient_ids=(
+                    *flt.exclude_patient_ids,
+                    *([patient] if isinstance(patient, str) else []),
+                ),
+            )
+        slides = rank_slides(
+            self.store, name, queries, flt, k, tiles_per_slide, exact, tiled=image is not None
+        )
+        return SlideSearchResult(slides, name, (time.perf_counter() - started) * 1000.0, boxes)
+
+    def heatmap(
+        self,
+        *,
+        slide_id: str,
+        image: bytes | None = None,
+        point_id: str | None = None,
+        encoder: str | None = None,
+        size: int | None = None,
+        best: int = DEFAULT_BEST,
+        mpp: float | None = None,
+    ) -> Heatmap:
+        """Where in slide (or image) ``slide_id`` a query image or indexed tile matches: its
+        thumbnail with each indexed tile coloured by its best similarity to the query
+        (``histo.heatmap``); PNG."""
+        if (image is None) == (point_id is None):
+            raise InvalidInputError("give exactly one heatmap query: an image or a point id")
+        name = self._encoder(encoder)
+        if not isinstance(best, int) or not 1 <= best <= MAX_TILES_PER_SLIDE:
+            raise InvalidInputError(f"best must be an integer from 1 to {MAX_TILES_PER_SLIDE}, got {best!r}")
+        if image is not None:
+            queries, _ = self._embed_image(name, image, mpp)
+        else:
+            assert point_id is not None
+            queries = [self._stored_vector(name, point_id)[1]]
+        payloads, scores = tile_similarities(self.store, name, slide_id, queries)
+        title = f"{slide_id}: each tile's similarity to the query ({name}); best {best} outlined"
+        return render_heatmap(self.tiles, payloads, scores, title, check_size(size) or DEFAULT_SIZE, best)
 
     def tile(
         self,

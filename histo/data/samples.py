@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
+#: A real whole-slide image (Aperio SVS, CC0; ``wsi_samples/LICENSES.md``).
+WSI_SAMPLE = Path(__file__).parent / "wsi_samples" / "cmu_small_region.svs"
 
 
 def sample_dir() -> Path:

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 
 from histo.data.images import DEFAULT_MAX_PIXELS, load_rgb
 from histo.data.records import Box
+from histo.data.slides import is_slide, open_slide
 from histo.errors import InvalidInputError, NotFoundError, SourceMissingError
 
 MIN_SIZE = 16
@@ -120,24 +121,40 @@ class TileSource:
             shown = Box(0, 0, out.width, out.height)
         else:
             box = _box_of(payload, name)
-            image = self._image(self.path_of(payload, name))
-            out = _fit(image, size or DEFAULT_SOURCE_SIZE, upscale=False)
-            scale = out.width / image.width
+            out, scale = self.thumbnail(payload, size or DEFAULT_SOURCE_SIZE, name)
             shown = Box(
                 round(box.x * scale), round(box.y * scale), round(box.w * scale), round(box.h * scale)
             )
-            out = _draw_box(out, shown)
+            out = _draw_box(out.copy(), shown)
         return TileImage(_encode(out, fmt), MEDIA_TYPES[fmt], out.width, out.height, shown)
 
     def tile_pixels(
         self, payload: Mapping[str, Any], size: int | None = None, name: str = "the tile"
     ) -> Image.Image:
-        """The tile's box cut from its source image, its longer side ``size`` px (default: the
-        tile's own size)."""
+        """The tile's box cut from its source image (a slide: read from its nearest pyramid
+        level), its longer side ``size`` px (default: the tile's own size)."""
         box = _box_of(payload, name)
-        image = self._image(self.path_of(payload, name))
-        crop = image.crop((box.x, box.y, box.x + box.w, box.y + box.h))
-        return _fit(crop, size or int(payload.get("tile_size") or max(box.w, box.h)))
+        path = self.path_of(payload, name)
+        longest = size or int(payload.get("tile_size") or max(box.w, box.h))
+        if is_slide(path):
+            with open_slide(path) as slide:
+                return Image.fromarray(slide.read(box, longest))
+        crop = self._image(path).crop((box.x, box.y, box.x + box.w, box.y + box.h))
+        return _fit(crop, longest)
+
+    def thumbnail(
+        self, payload: Mapping[str, Any], size: int, name: str = "the tile"
+    ) -> tuple[Image.Image, float]:
+        """The tile's whole source image, its longer side at most ``size`` px (never enlarged),
+        and the scale from source (level-0) pixels to it."""
+        path = self.path_of(payload, name)
+        if is_slide(path):
+            with open_slide(path) as slide:
+                thumb = slide.thumbnail(size)
+                return thumb, thumb.width / slide.info.width
+        image = self._image(path)
+        out = _fit(image, size, upscale=False)
+        return out, out.width / image.width
 
     def path_of(self, payload: Mapping[str, Any], name: str = "the tile") -> Path:
         """The source file of a payload: its data set's root (``roots`` first, else the one

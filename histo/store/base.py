@@ -25,7 +25,9 @@ from histo.errors import InvalidInputError, UnknownNameError, unknown_name
 
 DEFAULT_COLLECTION = "histo"
 #: Payload fields that get a keyword index and can be filtered on.
-FILTER_FIELDS: tuple[str, ...] = ("dataset", "label", "split", "image_id", "slide_id", "patient_id")
+FILTER_FIELDS: tuple[str, ...] = ("dataset", "label", "split", "image_id", "slide_id", "patient_id", "role")
+#: The payload ``role`` of a slide's representative tiles (its mosaic), which slide search searches.
+MOSAIC_ROLE = "mosaic"
 
 VectorLike = Sequence[float] | np.ndarray
 #: A backend-neutral list of ``(payload field, accepted values)`` conditions.
@@ -104,13 +106,17 @@ class SearchFilter:
     exclude_image_ids: tuple[str, ...] = ()
     exclude_slide_ids: tuple[str, ...] = ()
     exclude_patient_ids: tuple[str, ...] = ()
+    #: Keep only slides' mosaic tiles (payload ``role`` = ``mosaic``; see ``histo.slide_search``).
+    mosaic_only: bool = False
+    #: Keep only tiles of these slides.
+    slide_ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("dataset", "split"):
             value = getattr(self, name)
             if value is not None:
                 _check_value(name, value)
-        for name in ("labels", "exclude_image_ids", "exclude_slide_ids", "exclude_patient_ids"):
+        for name in ("labels", "exclude_image_ids", "exclude_slide_ids", "exclude_patient_ids", "slide_ids"):
             object.__setattr__(self, name, _as_str_tuple(name, getattr(self, name)))
 
     @property
@@ -123,6 +129,10 @@ class SearchFilter:
             conds.append(("label", self.labels))
         if self.split is not None:
             conds.append(("split", (self.split,)))
+        if self.slide_ids:
+            conds.append(("slide_id", self.slide_ids))
+        if self.mosaic_only:
+            conds.append(("role", (MOSAIC_ROLE,)))
         return tuple(conds)
 
     @property

@@ -12,9 +12,12 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
+from histo.data.records import Box
 from histo.data.tile_source import TileImage, TileView
+from histo.heatmap import DEFAULT_BEST, Heatmap
 from histo.rpc.v1 import search_pb2, search_pb2_grpc
 from histo.search import DEFAULT_TOP_K, EncoderInfo, IndexStats, SearchEngine, SearchResult
+from histo.slide_search import DEFAULT_TILES_PER_SLIDE, SlideSearchResult
 from histo.store import SearchFilter
 from services.search.errors import abort
 
@@ -55,15 +58,78 @@ def search_kwargs(request: search_pb2.SearchRequest) -> dict[str, Any]:
     }
 
 
+def hit_message(h: Any) -> search_pb2.Hit:
+    """A SearchHit or a SlideMatch as a Hit."""
+    return search_pb2.Hit(id=h.id, score=h.score, payload=to_struct(h.payload), query_tile=h.query_tile)
+
+
+def box_messages(boxes: Iterable[Box]) -> list[search_pb2.Box]:
+    return [search_pb2.Box(x=b.x, y=b.y, w=b.w, h=b.h) for b in boxes]
+
+
 def search_response(result: SearchResult) -> search_pb2.SearchResponse:
     return search_pb2.SearchResponse(
-        hits=[
-            search_pb2.Hit(id=h.id, score=h.score, payload=to_struct(h.payload), query_tile=h.query_tile)
-            for h in result.hits
+        hits=[hit_message(h) for h in result.hits],
+        encoder=result.encoder,
+        took_ms=result.took_ms,
+        query_boxes=box_messages(result.query_boxes),
+    )
+
+
+def slides_kwargs(request: search_pb2.SearchSlidesRequest) -> dict[str, Any]:
+    kind = request.WhichOneof("query")
+    return {
+        "image": request.image if kind == "image" else None,
+        "slide_id": request.slide_id if kind == "slide_id" else None,
+        "encoder": request.encoder or None,
+        "top_k": request.top_k or DEFAULT_TOP_K,
+        "filter": filter_of(request.filter),
+        "tiles_per_slide": request.tiles_per_slide or DEFAULT_TILES_PER_SLIDE,
+        "mpp": request.mpp or None,
+        "exact": request.exact,
+    }
+
+
+def slides_response(result: SlideSearchResult) -> search_pb2.SearchSlidesResponse:
+    return search_pb2.SearchSlidesResponse(
+        slides=[
+            search_pb2.SlideHit(
+                slide_id=s.slide_id,
+                score=s.score,
+                dataset=s.dataset or "",
+                label=s.label or "",
+                patient_id=s.patient_id or "",
+                tiles=[hit_message(t) for t in s.tiles],
+            )
+            for s in result.slides
         ],
         encoder=result.encoder,
         took_ms=result.took_ms,
-        query_boxes=[search_pb2.Box(x=b.x, y=b.y, w=b.w, h=b.h) for b in result.query_boxes],
+        query_boxes=box_messages(result.query_boxes),
+    )
+
+
+def heatmap_kwargs(request: search_pb2.GetHeatmapRequest) -> dict[str, Any]:
+    kind = request.WhichOneof("query")
+    return {
+        "image": request.image if kind == "image" else None,
+        "point_id": request.point_id if kind == "point_id" else None,
+        "slide_id": request.slide_id,
+        "encoder": request.encoder or None,
+        "size": request.size or None,
+        "best": request.best or DEFAULT_BEST,
+        "mpp": request.mpp or None,
+    }
+
+
+def heatmap_response(heatmap: Heatmap) -> search_pb2.GetHeatmapResponse:
+    return search_pb2.GetHeatmapResponse(
+        image=heatmap.data,
+        media_type=heatmap.media_type,
+        width=heatmap.width,
+        height=heatmap.height,
+        best_boxes=box_messages(b for b, _ in heatmap.best),
+        best_scores=[score for _, score in heatmap.best],
     )
 
 
@@ -160,6 +226,22 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             return tile_response(tile)
         except Exception as exc:
             abort(context, exc, self._secrets, "GetTile")
+
+    def SearchSlides(
+        self, request: search_pb2.SearchSlidesRequest, context: grpc.ServicerContext
+    ) -> search_pb2.SearchSlidesResponse:
+        try:
+            return slides_response(self._engine().search_slides(**slides_kwargs(request)))
+        except Exception as exc:
+            abort(context, exc, self._secrets, "SearchSlides")
+
+    def GetHeatmap(
+        self, request: search_pb2.GetHeatmapRequest, context: grpc.ServicerContext
+    ) -> search_pb2.GetHeatmapResponse:
+        try:
+            return heatmap_response(self._engine().heatmap(**heatmap_kwargs(request)))
+        except Exception as exc:
+            abort(context, exc, self._secrets, "GetHeatmap")
 
 
 __all__ = ["SERVICE_NAME", "SearchServicer"]

@@ -7,6 +7,8 @@
 | ``GET /api/stats`` | ``GetIndexStats`` | points per encoder, data set and label |
 | ``GET /api/tiles/{id}`` | ``GetTile`` (TILE) | the tile as PNG or JPEG |
 | ``GET /api/images/{id}`` | ``GetTile`` (SOURCE) | its source image, downscaled, box drawn |
+| ``POST /api/slides/search`` | ``SearchSlides`` | ranked whole-slide images |
+| ``POST /api/heatmap`` | ``GetHeatmap`` | a slide coloured by similarity to the query (PNG) |
 | ``POST /api/preview`` | — | an upload downscaled to PNG, original size in headers |
 | ``GET /api/health`` | health | ``{"status": "SERVING", ...}`` (no token needed) |
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from PIL import Image
@@ -31,11 +33,14 @@ from starlette.responses import Response
 from histo.data.images import load_rgb
 from histo.data.tile_source import MAX_SIZE, MIN_SIZE, TileView
 from histo.errors import ImageDecodeError, InvalidInputError
-from histo.search import DEFAULT_TOP_K, MAX_TOP_K
+from histo.heatmap import DEFAULT_BEST
+from histo.search import DEFAULT_TOP_K, MAX_TILES_PER_SLIDE, MAX_TOP_K
+from histo.slide_search import DEFAULT_TILES_PER_SLIDE
 from histo.store import SearchFilter
 from services.web.errors import describe_validation
 
 router = APIRouter()
+P = TypeVar("P", bound=BaseModel)
 #: Text fields of a multipart search (the file is the field ``image``); more is a malformed form.
 MAX_FORM_FIELDS = 64
 MAX_FIELD_BYTES = 64 * 1024
@@ -78,9 +83,9 @@ class SearchParams(BaseModel):
         }
 
 
-def _params(values: dict[str, Any]) -> SearchParams:
+def _params(model: type[P], values: dict[str, Any]) -> P:
     try:
-        return SearchParams.model_validate(values)
+        return model.model_validate(values)
     except ValidationError as exc:
         raise InvalidInputError(describe_validation(exc.errors())) from None
 
@@ -121,59 +126,125 @@ def _form_values(form: FormData) -> dict[str, Any]:
     return values
 
 
-SEARCH_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/SearchParams"}},
-            "multipart/form-data": {
-                "schema": {
-                    "allOf": [
-                        {"$ref": "#/components/schemas/SearchParams"},
-                        {
-                            "type": "object",
-                            "properties": {"image": {"type": "string", "format": "binary"}},
-                        },
-                    ]
-                }
+def body_of(schema: str) -> dict[str, Any]:
+    """The OpenAPI request body of a route that takes JSON or a form with the file ``image``."""
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    upload = {"type": "object", "properties": {"image": {"type": "string", "format": "binary"}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": ref},
+                "multipart/form-data": {"schema": {"allOf": [ref, upload]}},
             },
-        },
+        }
     }
-}
 
 
 @router.post(
     "/search",
-    openapi_extra=SEARCH_BODY,
+    openapi_extra=body_of("SearchParams"),
     summary="Rank indexed tiles by similarity to an uploaded image, an indexed tile or a vector.",
 )
 async def search(request: Request) -> dict[str, Any]:
     """The same JSON as ``histocli search --json``: encoder, took_ms, query_boxes, hits."""
+    image, values = await _request_values(request)
+    params = _params(SearchParams, values)
+    backend = request.app.state.backend
+    result = await run_in_threadpool(lambda: backend.search(**params.engine_kwargs(image)))
+    data: dict[str, Any] = result.as_dict()
+    return data
+
+
+async def _request_values(request: Request) -> tuple[bytes | None, dict[str, Any]]:
+    """The uploaded ``image`` (if any) and the other fields, from a form or a JSON object."""
     kind = request.headers.get("content-type", "")
-    image: bytes | None = None
     if kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         form = await _form(request)
         try:
-            image = await _upload(form, required=False)
-            params = _params(_form_values(form))
+            return await _upload(form, required=False), _form_values(form)
         finally:
             await form.close()
-    elif kind.startswith("application/json"):
+    if kind.startswith("application/json"):
         try:
             body = await request.json()
         except ValueError:
             raise InvalidInputError("the body is not valid JSON") from None
         if not isinstance(body, dict):
             raise InvalidInputError("the JSON body must be an object of search fields")
-        params = _params(body)
-    else:
-        raise InvalidInputError(
-            "send multipart/form-data (the file in 'image'), a form or application/json (point_id or vector)"
-        )
+        return None, body
+    raise InvalidInputError(
+        "send multipart/form-data (the file in 'image'), a form or application/json (point_id or vector)"
+    )
+
+
+class SlideSearchParams(BaseModel):
+    """A slide search: the file ``image`` (a region or image) or ``slide_id`` (an indexed slide)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slide_id: str | None = Field(None, description="Query with an indexed slide's mosaic.")
+    encoder: str | None = None
+    top_k: int = Field(DEFAULT_TOP_K, ge=1, le=MAX_TOP_K)
+    dataset: str | None = None
+    labels: list[str] = Field(default_factory=list)
+    split: str | None = None
+    tiles_per_slide: int = Field(DEFAULT_TILES_PER_SLIDE, ge=1, le=MAX_TILES_PER_SLIDE)
+    mpp: float | None = Field(None, gt=0)
+    exact: bool = False
+
+    def engine_kwargs(self, image: bytes | None) -> dict[str, Any]:
+        flt = SearchFilter(dataset=self.dataset, labels=tuple(self.labels), split=self.split)
+        return self.model_dump(exclude={"dataset", "labels", "split"}) | {"image": image, "filter": flt}
+
+
+class HeatmapParams(BaseModel):
+    """A heatmap: the file ``image`` or ``point_id`` is the query; ``slide_id`` the slide drawn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slide_id: str
+    point_id: str | None = None
+    encoder: str | None = None
+    size: int | None = Field(None, ge=MIN_SIZE, le=MAX_SIZE)
+    best: int = Field(DEFAULT_BEST, ge=1, le=MAX_TILES_PER_SLIDE)
+    mpp: float | None = Field(None, gt=0)
+
+    def engine_kwargs(self, image: bytes | None) -> dict[str, Any]:
+        return self.model_dump() | {"image": image}
+
+
+@router.post(
+    "/slides/search",
+    openapi_extra=body_of("SlideSearchParams"),
+    summary="Rank whole-slide images by their mosaics' likeness to an image or a slide (SearchSlides).",
+)
+async def search_slides(request: Request) -> dict[str, Any]:
+    """The same JSON as ``histocli search --slides --json``: encoder, took_ms, query_boxes, slides."""
+    image, values = await _request_values(request)
+    params = _params(SlideSearchParams, values)
     backend = request.app.state.backend
-    result = await run_in_threadpool(lambda: backend.search(**params.engine_kwargs(image)))
+    result = await run_in_threadpool(lambda: backend.search_slides(**params.engine_kwargs(image)))
     data: dict[str, Any] = result.as_dict()
     return data
+
+
+@router.post(
+    "/heatmap",
+    openapi_extra=body_of("HeatmapParams"),
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+    summary="A slide's thumbnail with every tile coloured by its similarity to the query (GetHeatmap).",
+)
+async def heatmap(request: Request) -> Response:
+    image, values = await _request_values(request)
+    params = _params(HeatmapParams, values)
+    backend = request.app.state.backend
+    drawn = await run_in_threadpool(lambda: backend.heatmap(**params.engine_kwargs(image)))
+    best = ";".join(f"{b.x},{b.y},{b.w},{b.h},{score:.4f}" for b, score in drawn.best)
+    return Response(
+        drawn.data, media_type=drawn.media_type, headers={"X-Best-Boxes": best, "Cache-Control": "no-store"}
+    )
 
 
 @router.get("/encoders", summary="The encoders this server can search with (ListEncoders).")
@@ -259,4 +330,7 @@ async def health(request: Request) -> dict[str, Any]:
     return {"status": "SERVING", "encoders": [i.name for i in infos]}
 
 
-__all__ = ["SearchParams", "router"]
+#: Request bodies that routes read themselves (JSON or a form): their schemas for the OpenAPI file.
+BODY_MODELS: tuple[type[BaseModel], ...] = (SearchParams, SlideSearchParams, HeatmapParams)
+
+__all__ = ["BODY_MODELS", "HeatmapParams", "SearchParams", "SlideSearchParams", "router"]

@@ -34,7 +34,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from histo.data.tile_source import TileImage, TileView
 from histo.errors import HistoError
+from histo.heatmap import Heatmap
 from histo.search import EncoderInfo, IndexStats, SearchResult
+from histo.slide_search import SlideSearchResult
 from histo.store import SearchFilter
 from services.web.errors import HttpError, UnauthorisedError, describe_validation, http_error_of
 
@@ -71,6 +73,31 @@ class SearchBackend(Protocol):
     def list_encoders(self) -> list[EncoderInfo]: ...
 
     def stats(self) -> IndexStats: ...
+
+    def search_slides(
+        self,
+        *,
+        image: bytes | None = None,
+        slide_id: str | None = None,
+        encoder: str | None = None,
+        top_k: int = 10,
+        filter: SearchFilter | None = None,
+        tiles_per_slide: int = 3,
+        mpp: float | None = None,
+        exact: bool = False,
+    ) -> SlideSearchResult: ...
+
+    def heatmap(
+        self,
+        *,
+        slide_id: str,
+        image: bytes | None = None,
+        point_id: str | None = None,
+        encoder: str | None = None,
+        size: int | None = None,
+        best: int = 3,
+        mpp: float | None = None,
+    ) -> Heatmap: ...
 
     def tile(
         self, point_id: str, *, view: TileView | str = ..., size: int | None = ..., fmt: str = ...
@@ -154,6 +181,23 @@ def _token_of(request: Request) -> str:
     return request.cookies.get(TOKEN_COOKIE, "")
 
 
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's description plus the schemas of the bodies the routes parse themselves."""
+    from fastapi.openapi.utils import get_openapi
+
+    from services.web.api import BODY_MODELS
+
+    if app.openapi_schema is None:
+        spec = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        for model in BODY_MODELS:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+        app.openapi_schema = spec
+    return app.openapi_schema
+
+
 def create_app(
     backend: SearchBackend,
     *,
@@ -204,6 +248,7 @@ def create_app(
         return http_error_of(exc, hidden, request.url.path).response()
 
     app.include_router(router, prefix="/api")
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -107,3 +107,14 @@ def test_ingest_scale_report(results: Path) -> None:
 def test_load_report(results: Path) -> None:
     r = _report(results, "load")
     assert r["errors"] == 0 and r["calls"] > 0
+
+
+def test_slide_read_report(results: Path) -> None:
+    r = _report(results, "slide_read")
+    for name in ("level0", "2mpp"):
+        figures = r["tiles_per_s"][name]
+        assert figures["tiles"] > 0 and figures["pyramid_tiles_per_s"] > 0 and figures["png_tiles_per_s"] > 0
+        assert figures["ratio"] == pytest.approx(
+            figures["pyramid_tiles_per_s"] / figures["png_tiles_per_s"], rel=0.01
+        )
+    assert "big" not in r  # the 100k x 100k pyramid is a full run's figure only

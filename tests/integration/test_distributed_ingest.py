@@ -519,3 +519,33 @@ def test_ctrl_c_detaches_and_says_how_to_reattach(
     assert result.exit_code == 130
     assert f"histocli ingest --attach {tracker.job_id}" in " ".join(result.output.split())
     assert tracker.snapshot().state == "queued"  # detaching cancels nothing
+
+
+def test_queue_ingest_of_whole_slide_images(tmp_path: Path, redis_url: str, cli_env: Path) -> None:
+    """Slides travel as (slide, boxes) batches; workers read the tiles from the pyramid; the CLI
+    then chooses the mosaics; the points are those in-process ingestion makes."""
+    from histo.data.synth_slides import write_synthetic_slides
+    from histo.store import SearchFilter
+
+    home = cli_env
+    root = tmp_path / "wsi"
+    write_synthetic_slides("bach", root, slides_per_class=1, seed=4, size=(1536, 2048))
+    (root / "broken.svs").write_bytes(b"not a slide")
+    with (root / "slides.csv").open("a") as table:
+        table.write("broken.svs,Normal,broken,,\n")
+    worker = _celery_worker(_worker_env(home, redis_url), tmp_path / "worker.log", "wsi")
+    with worker.running():
+        job = _invoke_json(
+            "ingest", str(root), "-d", "slides", "-e", "colorhist", "--queue", "--batch-size", "8"
+        )
+    assert job["state"] == "finished" and job["failed"] == 1 and job["embedded"] > 0
+    assert "not a slide format" in job["failures"][0]["reason"]
+    mosaics = runner.invoke(app, ["index", "mosaics", "-d", "slides", "-e", "colorhist"])
+    assert mosaics.exit_code == 0 and "4 slides of slides" in mosaics.output, mosaics.output
+    with _open_when_free(home) as store:
+        queued = {r.id for r in store.scroll(SearchFilter(dataset="slides"))}
+        assert store.count(SearchFilter(dataset="slides", mosaic_only=True)) == len(
+            queued
+        )  # small slides: all
+    in_process = _invoke_json("ingest", str(root), "-d", "slides", "-e", "colorhist")
+    assert (in_process["embedded"], in_process["skipped"], in_process["slides"]) == (0, len(queued), 4)

@@ -194,6 +194,10 @@ def test_the_page_and_its_scripts_are_served_by_histo(web: httpx.Client) -> None
         "application/json",
         "multipart/form-data",
     }
+    refs = set(re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(spec)))
+    assert (
+        {"SearchParams", "SlideSearchParams", "HeatmapParams"} <= refs <= set(spec["components"]["schemas"])
+    )
 
 
 def test_api_search_equals_histocli_search_json(

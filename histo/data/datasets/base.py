@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Protocol
 
 from histo.data.images import IMAGE_SUFFIXES
 from histo.data.records import ImageRecord
+from histo.data.slides import SLIDE_SUFFIXES
 from histo.errors import DatasetLayoutError
 
 SLIDE_MAP_NAME = "histo-slides.csv"
@@ -32,6 +34,12 @@ class ScanResult:
     root: Path
     records: list[ImageRecord] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+
+    def with_mpp(self, mpp: float | None) -> ScanResult:
+        """The same scan, records without a µm/px given ``mpp`` (``--mpp``; None changes nothing)."""
+        if mpp is not None:
+            self.records = [r if r.mpp is not None else dataclasses.replace(r, mpp=mpp) for r in self.records]
+        return self
 
     def counts(self) -> Counter[tuple[str, str]]:
         """Images per (split, label); missing values show as '-'."""
@@ -76,7 +84,7 @@ def image_files(folder: Path, root: Path, problems: list[Problem]) -> Iterator[P
         problems.append(Problem(str(folder), "folder resolves outside the data set folder; not followed"))
         return
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
+        if path.suffix.lower() not in IMAGE_SUFFIXES + SLIDE_SUFFIXES:
             continue
         if not inside_root(path, root):
             problems.append(Problem(str(path), "resolves outside the data set folder; not followed"))

@@ -1,7 +1,14 @@
-"""BRACS RoI set: ``{train,val,test}/{0_N,…,6_IC}/BRACS_<wsi>_<label>_<n>.png``.
+"""BRACS RoI set: ``{train,val,test}/{0_N,…,6_IC}/BRACS_<wsi>_<label>_<n>.png``; and its WSI set:
+``BRACS_WSI/{train,val,test}/Group_{BT,AT,MT}/Type_{N,PB,UDH,FEA,ADH,DCIS,IC}/BRACS_<wsi>.svs``.
 
 Scanned at 40x (0.25 µm/px, Aperio AT2). The WSI id in the file name is the leakage unit: the
 official splits are patient-level, and evaluation excludes hits from the query's own WSI.
+
+The WSI layout is not documented as a tree on the BRACS site; it is the one several independent
+public repositories walk (``BRACS_WSI/test/Group_AT/Type_ADH/BRACS_1228.svs``,
+``BRACS_WSI/train/Group_AT/Type_FEA/BRACS_1858.svs``): fairly sure, not certain. A slide's label
+is its ``Type_`` folder, named as the RoI labels are (``Type_DCIS`` -> ``DCIS``), so RoIs and slides
+of one subtype filter together.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from histo.data.records import ImageRecord
 
 SPLITS = ("train", "val", "test")
 LABEL_DIRS = ("0_N", "1_PB", "2_UDH", "3_FEA", "4_ADH", "5_DCIS", "6_IC")
+WSI_GROUPS = ("Group_BT", "Group_AT", "Group_MT")
+WSI_NAME = re.compile(r"^BRACS_(?P<wsi>\d+)\.svs$", re.IGNORECASE)
 FILE_NAME = re.compile(r"^BRACS_(?P<wsi>\d+)_(?P<label>[A-Z]+)_(?P<n>\d+)\.png$", re.IGNORECASE)
 
 
@@ -36,7 +45,10 @@ class BracsAdapter:
         root = check_root(root)
         top = find_dir(root, _has_splits)
         if top is None:
-            raise layout_error(self.name, self.layout, root)
+            wsi_top = find_dir(root, _has_wsi_splits)
+            if wsi_top is None:
+                raise layout_error(self.name, f"{self.layout} (or the WSI set, {WSI_LAYOUT})", root)
+            return self._scan_wsi(root, wsi_top)
         result = ScanResult(self.name, root)
         slide_map = read_slide_map(root)
         for split in SPLITS:
@@ -75,6 +87,39 @@ class BracsAdapter:
                     magnification="40x",
                 )
             )
+
+    def _scan_wsi(self, root: Path, top: Path) -> ScanResult:
+        result = ScanResult(self.name, root)
+        for split in SPLITS:
+            for group in WSI_GROUPS:
+                for type_dir in sorted((top / split / group).glob("Type_*")):
+                    label = type_dir.name.removeprefix("Type_")
+                    for path in image_files(type_dir, root, result.problems):
+                        match = WSI_NAME.match(path.name)
+                        if match is None:
+                            result.problems.append(Problem(str(path), "name is not BRACS_<wsi>.svs; skipped"))
+                            continue
+                        result.records.append(
+                            ImageRecord(
+                                path=path,
+                                rel_path=rel(path, root),
+                                dataset=self.name,
+                                label=label,
+                                split=split,
+                                image_id=path.stem,
+                                slide_id=path.stem,
+                                mpp=self.mpp,  # a fallback: the slide's own µm/px comes first
+                                magnification="40x",
+                            )
+                        )
+        return result
+
+
+WSI_LAYOUT = "BRACS_WSI/{train,val,test}/Group_{BT,AT,MT}/Type_<label>/BRACS_<wsi>.svs"
+
+
+def _has_wsi_splits(folder: Path) -> bool:
+    return any((folder / split / group).is_dir() for split in SPLITS for group in WSI_GROUPS)
 
 
 def _has_splits(folder: Path) -> bool:

@@ -9,10 +9,12 @@ from histo.data.datasets.base import DatasetAdapter, ScanResult
 from histo.data.datasets.bracs import BracsAdapter
 from histo.data.datasets.crc import CrcAdapter
 from histo.data.datasets.folder import FolderAdapter
+from histo.data.datasets.slides_csv import SlidesCsvAdapter
 from histo.errors import unknown_name
 
 _ADAPTERS: dict[str, DatasetAdapter] = {
-    adapter.name: adapter for adapter in (BracsAdapter(), BachAdapter(), CrcAdapter(), FolderAdapter())
+    adapter.name: adapter
+    for adapter in (BracsAdapter(), BachAdapter(), CrcAdapter(), FolderAdapter(), SlidesCsvAdapter())
 }
 
 

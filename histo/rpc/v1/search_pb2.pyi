@@ -220,3 +220,85 @@ class GetTileResponse(_message.Message):
     height: int
     box: Box
     def __init__(self, image: _Optional[bytes] = ..., media_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., box: _Optional[_Union[Box, _Mapping]] = ...) -> None: ...
+
+class SearchSlidesRequest(_message.Message):
+    __slots__ = ("image", "slide_id", "encoder", "top_k", "filter", "tiles_per_slide", "mpp", "exact")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    SLIDE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    TILES_PER_SLIDE_FIELD_NUMBER: _ClassVar[int]
+    MPP_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    slide_id: str
+    encoder: str
+    top_k: int
+    filter: Filter
+    tiles_per_slide: int
+    mpp: float
+    exact: bool
+    def __init__(self, image: _Optional[bytes] = ..., slide_id: _Optional[str] = ..., encoder: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., tiles_per_slide: _Optional[int] = ..., mpp: _Optional[float] = ..., exact: _Optional[bool] = ...) -> None: ...
+
+class SlideHit(_message.Message):
+    __slots__ = ("slide_id", "score", "dataset", "label", "patient_id", "tiles")
+    SLIDE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TILES_FIELD_NUMBER: _ClassVar[int]
+    slide_id: str
+    score: float
+    dataset: str
+    label: str
+    patient_id: str
+    tiles: _containers.RepeatedCompositeFieldContainer[Hit]
+    def __init__(self, slide_id: _Optional[str] = ..., score: _Optional[float] = ..., dataset: _Optional[str] = ..., label: _Optional[str] = ..., patient_id: _Optional[str] = ..., tiles: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
+
+class SearchSlidesResponse(_message.Message):
+    __slots__ = ("slides", "encoder", "took_ms", "query_boxes")
+    SLIDES_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
+    TOOK_MS_FIELD_NUMBER: _ClassVar[int]
+    QUERY_BOXES_FIELD_NUMBER: _ClassVar[int]
+    slides: _containers.RepeatedCompositeFieldContainer[SlideHit]
+    encoder: str
+    took_ms: float
+    query_boxes: _containers.RepeatedCompositeFieldContainer[Box]
+    def __init__(self, slides: _Optional[_Iterable[_Union[SlideHit, _Mapping]]] = ..., encoder: _Optional[str] = ..., took_ms: _Optional[float] = ..., query_boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ...) -> None: ...
+
+class GetHeatmapRequest(_message.Message):
+    __slots__ = ("image", "point_id", "slide_id", "encoder", "size", "best", "mpp")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    POINT_ID_FIELD_NUMBER: _ClassVar[int]
+    SLIDE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    BEST_FIELD_NUMBER: _ClassVar[int]
+    MPP_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    point_id: str
+    slide_id: str
+    encoder: str
+    size: int
+    best: int
+    mpp: float
+    def __init__(self, image: _Optional[bytes] = ..., point_id: _Optional[str] = ..., slide_id: _Optional[str] = ..., encoder: _Optional[str] = ..., size: _Optional[int] = ..., best: _Optional[int] = ..., mpp: _Optional[float] = ...) -> None: ...
+
+class GetHeatmapResponse(_message.Message):
+    __slots__ = ("image", "media_type", "width", "height", "best_boxes", "best_scores")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    BEST_BOXES_FIELD_NUMBER: _ClassVar[int]
+    BEST_SCORES_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    media_type: str
+    width: int
+    height: int
+    best_boxes: _containers.RepeatedCompositeFieldContainer[Box]
+    best_scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, image: _Optional[bytes] = ..., media_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., best_boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., best_scores: _Optional[_Iterable[float]] = ...) -> None: ...

@@ -55,6 +55,16 @@ class SearchServiceStub:
                 request_serializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetTileRequest.SerializeToString,
                 response_deserializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetTileResponse.FromString,
                 _registered_method=True)
+        self.SearchSlides = channel.unary_unary(
+                '/histo.rpc.v1.SearchService/SearchSlides',
+                request_serializer=histo_dot_rpc_dot_v1_dot_search__pb2.SearchSlidesRequest.SerializeToString,
+                response_deserializer=histo_dot_rpc_dot_v1_dot_search__pb2.SearchSlidesResponse.FromString,
+                _registered_method=True)
+        self.GetHeatmap = channel.unary_unary(
+                '/histo.rpc.v1.SearchService/GetHeatmap',
+                request_serializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetHeatmapRequest.SerializeToString,
+                response_deserializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetHeatmapResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -92,6 +102,28 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchSlides(self, request, context):
+        """The top_k indexed whole-slide images most similar to a query image, region or indexed slide.
+        Each indexed slide keeps a mosaic of representative tiles (k-means of its tile vectors, the
+        tile nearest each centroid); only mosaic tiles are searched. Ranking rule (Yottixel's median
+        of minimum distances, as similarities): for each query tile, a slide's match is the best
+        similarity of its mosaic tiles among that query tile's 256 nearest mosaic tiles (absent: the
+        list's lowest similarity if the list was full, else -1); its score is the median of its
+        matches over the query tiles.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHeatmap(self, request, context):
+        """Where in one slide (or image) of the index a query matches: the slide's thumbnail with every
+        indexed tile coloured by its best similarity to the query, the best boxes outlined, and a
+        colour bar, as a PNG.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +146,16 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.GetTile,
                     request_deserializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetTileRequest.FromString,
                     response_serializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetTileResponse.SerializeToString,
+            ),
+            'SearchSlides': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchSlides,
+                    request_deserializer=histo_dot_rpc_dot_v1_dot_search__pb2.SearchSlidesRequest.FromString,
+                    response_serializer=histo_dot_rpc_dot_v1_dot_search__pb2.SearchSlidesResponse.SerializeToString,
+            ),
+            'GetHeatmap': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHeatmap,
+                    request_deserializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetHeatmapRequest.FromString,
+                    response_serializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetHeatmapResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +267,60 @@ class SearchService:
             '/histo.rpc.v1.SearchService/GetTile',
             histo_dot_rpc_dot_v1_dot_search__pb2.GetTileRequest.SerializeToString,
             histo_dot_rpc_dot_v1_dot_search__pb2.GetTileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchSlides(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/histo.rpc.v1.SearchService/SearchSlides',
+            histo_dot_rpc_dot_v1_dot_search__pb2.SearchSlidesRequest.SerializeToString,
+            histo_dot_rpc_dot_v1_dot_search__pb2.SearchSlidesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHeatmap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/histo.rpc.v1.SearchService/GetHeatmap',
+            histo_dot_rpc_dot_v1_dot_search__pb2.GetHeatmapRequest.SerializeToString,
+            histo_dot_rpc_dot_v1_dot_search__pb2.GetHeatmapResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -541,8 +541,36 @@ function openDetail(hit) {
   if (Number.isInteger(hit.query_tile)) rows.push(["query_tile", hit.query_tile]);
   $("#detail-payload").replaceChildren(el("tbody", {}, ...rows.map(([k, v]) =>
     el("tr", {}, el("th", { scope: "row", text: k }), el("td", { text: fmtValue(v) })))));
+  $("#where-in-slide").hidden = !(p.slide_id && "level" in p && state.query);  // whole-slide tiles only
   const dialog = $("#detail");
   if (!dialog.open) dialog.showModal();
+}
+
+// Whole-slide hits: the slide's thumbnail coloured by similarity to the current query.
+async function whereInSlide() {
+  const hit = state.detailHit;
+  const query = state.query;
+  if (!hit || !query) return;
+  const c = readControls();
+  let options;
+  if (query.kind === "file") {
+    const form = new FormData();
+    form.append("image", query.file, query.file.name);
+    form.append("slide_id", hit.payload.slide_id);
+    if (c.encoder) form.append("encoder", c.encoder);
+    options = { method: "POST", body: form };
+  } else {
+    const body = { point_id: query.id, slide_id: hit.payload.slide_id, encoder: c.encoder || undefined };
+    options = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+  }
+  const img = $("#detail-image");
+  try {
+    const res = await api("/api/heatmap", options);
+    img.src = URL.createObjectURL(await res.blob());
+    img.alt = `similarity of every tile of ${hit.payload.slide_id} to the query`;
+  } catch (err) {
+    showError(err.message);
+  }
 }
 
 // Search with the shown tile as query, keeping encoder and filters.
@@ -604,6 +632,7 @@ function wireEvents() {
   $("#token-form").addEventListener("submit", submitToken);
   $("#detail-close").addEventListener("click", () => $("#detail").close());
   $("#more-like-this").addEventListener("click", moreLikeThis);
+  $("#where-in-slide").addEventListener("click", whereInSlide);
   $("#detail").addEventListener("click", (e) => {  // a click on the backdrop closes
     if (e.target === e.currentTarget) e.currentTarget.close();
   });
