@@ -1,7 +1,7 @@
 """The main job, end to end on the embedded default: data → train → ingest → evaluate → search.
 
-Synthetic BACH-like and BRACS-like sets (in their real layouts), four synthetic whole-slide images
-(pyramidal TIFF, one per BACH-like class) and the shipped real samples;
+Synthetic BACH-like and BRACS-like sets (in their real layouts), eight synthetic whole-slide images
+(pyramidal TIFF, two per BACH-like class) and the shipped real samples;
 the four SSL methods trained briefly on the BACH-like set within a time budget; every tile
 ingested with every encoder and baseline; leave-one-out evaluation with a report; one example
 query, one slide search and its heatmap. Numbers are synthetic: they show the pipeline works,
@@ -49,7 +49,7 @@ class DemoConfig:
     bracs_slides: int = 8
     tiles_per_slide: int = 16
     #: Synthetic whole-slide images per BACH-like class (pyramidal TIFFs, for slide search).
-    wsi_per_class: int = 1
+    wsi_per_class: int = 2
     seed: int = 0
     methods: list[str] = field(default_factory=lambda: names(kind="ssl"))
     tiling: TilingConfig = field(default_factory=TilingConfig)

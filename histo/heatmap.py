@@ -53,6 +53,12 @@ def tile_similarities(
             f"slide {slide_id!r} has no tiles with {encoder!r} vectors in the index; "
             "check the id (a hit's slide_id) and the encoder"
         )
+    files = {(r.payload.get("dataset"), r.payload.get("path")) for r in records}
+    if len(files) > 1:
+        raise InvalidInputError(
+            f"slide {slide_id!r} is {len(files)} image files in the index (RoIs or photos of one slide); "
+            "a heatmap draws one whole-slide image: give the slide_id of an ingested slide file"
+        )
     tiles = _unit(np.asarray([r.vectors[encoder] for r in records], dtype=np.float32))
     query = _unit(np.asarray(list(queries), dtype=np.float32))
     return [r.payload for r in records], (tiles @ query.T).max(axis=1)

@@ -585,3 +585,11 @@ def test_histocli_web_reports_a_locked_index_in_one_line(homes: tuple[Path, Path
     assert (
         run.returncode == 1 and run.stderr.startswith("error: the index at") and run.stderr.count("\n") == 1
     )
+
+
+def test_a_heatmap_draws_one_whole_slide_image(
+    web: httpx.Client, records: list[Record], homes: tuple[Path, Path]
+) -> None:
+    slide = next(r.payload["slide_id"] for r in records if r.payload["dataset"] == "bach")  # many photos
+    response = web.post("/api/heatmap", **upload(bach_file(homes).read_bytes(), slide_id=slide))
+    assert "one whole-slide image" in error_of(response, 422, "InvalidInputError")

@@ -10,6 +10,7 @@ this", the URL holding the settings, and "compare encoders" with one row per enc
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -148,3 +149,57 @@ def test_a_bad_upload_shows_the_servers_message(
     assert search_after(driver, lambda: file_input.send_keys(str(broken))) == "error"
     error = driver.find_element(By.ID, "error")
     assert error.is_displayed() and "uploaded image" in error.text
+
+
+@pytest.fixture(scope="module")
+def slide_page(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Iterator[tuple[str, Path]]:
+    """The page over 4 synthetic whole-slide images (colorhist), and a region of one to upload."""
+    from histo.data.datasets import scan_dataset
+    from histo.data.slides import open_slide
+    from histo.data.synth_slides import write_synthetic_slides
+    from histo.embedding import Embedder
+    from histo.encoders.baselines import make_baseline_artifact
+    from histo.ingest import Ingestor, ingest
+    from tests.search_home import png
+
+    home = tmp_path_factory.mktemp("slides")
+    slides = write_synthetic_slides("bach", home / "wsi", slides_per_class=1, seed=2, size=(1536, 2048))
+    make_baseline_artifact("colorhist", home / "encoders" / "colorhist", input_size=64)
+    embedder = Embedder.from_artifact(home / "encoders" / "colorhist", device="cpu")
+    region = slides[1].regions[0]
+    with open_slide(slides[1].path) as opened:
+        query = home / "region.png"
+        query.write_bytes(png(opened.read(region, 256)))
+    with EdgeStore(home / "index") as store:
+        records = scan_dataset(home / "wsi", "slides").records
+        ingest(
+            records,
+            Ingestor(store, {"colorhist": embedder}),
+            TilingConfig(),
+            10**9,
+            num_workers=0,
+            progress=False,
+        )
+        engine = SearchEngine.load(store, home / "encoders")
+        server = WebServer(create_app(engine)).start()
+        try:
+            yield server.url, query
+        finally:
+            server.stop()
+
+
+def test_where_in_this_slide_shows_the_heatmap(driver: WebDriver, slide_page: tuple[str, Path]) -> None:
+    url, query = slide_page
+    driver.get(url)
+    file_input = driver.find_element(By.ID, "file")
+    assert search_after(driver, lambda: file_input.send_keys(str(query))) == "done"
+    driver.find_element(By.CSS_SELECTOR, "#results .card").click()
+    button = driver.find_element(By.ID, "where-in-slide")
+    assert button.is_displayed()
+    button.click()
+    image = driver.find_element(By.ID, "detail-image")
+    deadline = time.monotonic() + 60
+    while not (image.get_attribute("src") or "").startswith("blob:") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (image.get_attribute("src") or "").startswith("blob:") and images_decoded(driver, [image])
+    assert driver.execute_script("return arguments[0].naturalWidth", image) > 300  # the heatmap figure
