@@ -16,6 +16,7 @@ view), and encodes PNG or JPEG. It is what the web page's thumbnails and the ``G
 
 from __future__ import annotations
 
+import functools
 import io
 import threading
 from collections import OrderedDict
@@ -29,7 +30,8 @@ from PIL import Image, ImageDraw
 
 from histo.data.images import DEFAULT_MAX_PIXELS, load_rgb
 from histo.data.records import Box
-from histo.data.slides import is_slide, open_slide
+from histo.data.slides import is_slide as _is_slide
+from histo.data.slides import open_slide
 from histo.errors import InvalidInputError, NotFoundError, SourceMissingError
 
 MIN_SIZE = 16
@@ -201,6 +203,17 @@ class TileSource:
     def cached(self) -> int:
         """Decoded images held now."""
         return len(self._cache)
+
+
+@functools.lru_cache(maxsize=4096)
+def _slide_file(path: str, mtime_ns: int) -> bool:
+    """``is_slide`` once per file version: a results page asks for many tiles of few files, and for
+    a TIFF the answer means opening it with OpenSlide."""
+    return _is_slide(Path(path))
+
+
+def is_slide(path: Path) -> bool:
+    return _slide_file(str(path), path.stat().st_mtime_ns)
 
 
 def _box_of(payload: Mapping[str, Any], name: str) -> Box:
