@@ -32,6 +32,7 @@ SUITES = {
     "ingest_scale": "benchmarks.ingest_scale",
     "load": "benchmarks.load",
     "slide_read": "benchmarks.slide_read",
+    "query_modes": "benchmarks.query_modes",
 }
 console = Console(width=150)
 

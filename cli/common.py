@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from enum import StrEnum
 from typing import TYPE_CHECKING, NoReturn, ParamSpec, TypeVar
 
 import typer
@@ -14,6 +15,14 @@ from rich.console import Console
 from histo.data.tiling import TilingConfig
 from histo.errors import HistoError
 from histo.settings import Settings
+
+
+class Fusion(StrEnum):
+    """How several encoders' candidate lists are fused (``histo.store.base.FUSIONS``)."""
+
+    rrf = "rrf"
+    dbsf = "dbsf"
+
 
 if TYPE_CHECKING:
     from histo.store.base import VectorStore

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
-from cli.common import console, domain_errors, open_index, settings_of
+from cli.common import Fusion, console, domain_errors, open_index, settings_of
 from histo.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from histo.query_evaluation import FeedbackFigures
 
 
 class Level(StrEnum):
@@ -50,15 +54,27 @@ def evaluate(
     level: Level = typer.Option(
         Level.tile, "--level", help="tile: tiles retrieve tiles; slide: whole slides retrieve slides."
     ),
+    fusion: Fusion | None = typer.Option(
+        None, "--fusion", help="Add a row: the chosen encoders (2 or more) fused in the store."
+    ),
+    feedback: bool = typer.Option(
+        False, "--feedback", help="Also simulate a feedback round per encoder (P@10 before / after)."
+    ),
 ) -> None:
     """Leave-one-out retrieval (own image and slide excluded) for every encoder, with a report;
-    --level slide: leave-one-slide-out slide search (majority vote of the top k slides)."""
+    --level slide: leave-one-slide-out slide search (majority vote of the top k slides);
+    --fusion rrf: the encoders fused, beside each alone; --feedback: a simulated feedback round."""
     from histo.evaluation import evaluate as run_evaluation
     from histo.evaluation import evaluate_slides
-    from histo.report import comparison_table, write_report, write_slide_report
+    from histo.query_evaluation import evaluate_fusion, fused_name, simulate_feedback
+    from histo.report import comparison_table, write_feedback, write_report, write_slide_report
+    from histo.store.base import STRATEGIES
 
     settings = settings_of(ctx)
     ks = parse_ks(k)
+    if level is Level.slide and (fusion is not None or feedback):
+        raise InvalidInputError("--fusion and --feedback evaluate tile search; drop --level slide")
+    rounds: list[FeedbackFigures] = []
     chosen = None if encoders.strip() == "all" else [e.strip() for e in encoders.split(",") if e.strip()]
     if level is Level.slide:
         with open_index(settings) as store:
@@ -69,6 +85,16 @@ def evaluate(
     else:
         with open_index(settings) as store:
             results = run_evaluation(store, dataset, chosen, ks, max_queries=max_queries, seed=seed)
+            names = list(results)
+            if fusion is not None:
+                fused = evaluate_fusion(store, dataset, names, fusion.value, ks, max_queries, seed)
+                results[fused_name(names, fusion.value)] = fused
+            if feedback:
+                rounds = [
+                    f
+                    for n in names
+                    for f in simulate_feedback(store, dataset, n, STRATEGIES, max_queries, seed)
+                ]
         folder = out or settings.reports_dir / dataset
         report = write_report(results, dataset, folder, ks, {dataset: data} if data else None, synthetic)
         title = f"retrieval on {dataset} (leave-one-out, own image and slide excluded)"
@@ -82,4 +108,20 @@ def evaluate(
     for row in rows:
         table.add_row(*[cell.replace("**", "") for cell in row])
     console.print(table, crop=False)
+    if rounds:
+        _print_feedback(rounds, dataset)
+        console.print(f"feedback plot: {write_feedback(rounds, dataset, folder)}")
     console.print(f"report: {report}")
+
+
+def _print_feedback(rounds: list[FeedbackFigures], dataset: str) -> None:
+    table = Table(title=f"one simulated feedback round on {dataset} (top 10 judged by label)")
+    columns = ("encoder", "strategy", "queries", "P@10 first page", "P@10 next page (11-20)", "P@10 after")
+    for column in columns:
+        left = column in ("encoder", "strategy")
+        table.add_column(column, justify="left" if left else "right", min_width=min(len(column), 14))
+    for f in rounds:
+        table.add_row(
+            f.encoder, f.strategy, str(f.queries), f"{f.first:.3f}", f"{f.next_page:.3f}", f"{f.after:.3f}"
+        )
+    console.print(table, crop=False)

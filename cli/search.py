@@ -9,18 +9,25 @@ of ``--tls-ca`` (default: HISTO_GRPC__TLS_CERT, right for a self-signed certific
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.table import Table
 
-from cli.common import console, domain_errors, open_index, settings_of, tiling_config
+from cli.common import Fusion, console, domain_errors, open_index, settings_of, tiling_config
 from histo.errors import ImageDecodeError, InvalidInputError, StoreLockedError
-from histo.search import SearchResult
+from histo.search import Feedback, SearchResult
 from histo.settings import Settings
 from histo.slide_search import SlideSearchResult
 from histo.store import SearchFilter
+
+
+class Strategy(StrEnum):
+    best_score = "best_score"
+    sum_scores = "sum_scores"
+    average_vector = "average_vector"
 
 
 @domain_errors
@@ -30,8 +37,31 @@ def search(
         None, help="Query image (PNG, JPEG, TIFF); one larger than a tile is tiled and its results combined."
     ),
     point_id: str | None = typer.Option(None, "--id", help="Query with an indexed tile (its point id)."),
-    encoder: str | None = typer.Option(
-        None, "--encoder", "-e", help="Encoder to search with (default: the best available)."
+    encoder: list[str] | None = typer.Option(
+        None,
+        "--encoder",
+        "-e",
+        help="Encoder to search with (default: the best available); repeat to fuse several.",
+    ),
+    fusion: Fusion = typer.Option(Fusion.rrf, "--fusion", help="How several encoders' lists are fused."),
+    like: list[str] | None = typer.Option(
+        None, "--like", help="More like this indexed tile (point id); repeat. May replace the query."
+    ),
+    unlike: list[str] | None = typer.Option(None, "--unlike", help="Less like this tile (point id); repeat."),
+    like_images: list[Path] | None = typer.Option(None, "--like-image", help="More like this image file."),
+    unlike_images: list[Path] | None = typer.Option(
+        None, "--unlike-image", help="Less like this image file."
+    ),
+    strategy: Strategy = typer.Option(
+        Strategy.average_vector, "--strategy", help="How like / unlike examples are combined."
+    ),
+    diverse: float | None = typer.Option(
+        None,
+        "--diverse",
+        min=0.0,
+        max=1.0,
+        metavar="DIVERSITY",
+        help="MMR re-ranking: 0 = plain ranking, 1 = most diverse (MMR's lambda = 1 - DIVERSITY).",
     ),
     dataset: str | None = typer.Option(None, "--dataset", "-d", help="Only tiles of this data set."),
     labels: list[str] | None = typer.Option(
@@ -69,10 +99,13 @@ def search(
     """Rank indexed tiles (or, with --slides, whole slides) by similarity to an image, an indexed tile
     or slide, filtered by data set and label."""
     settings = settings_of(ctx)
+    names = list(dict.fromkeys(encoder or ()))
     if slides or slide_id is not None:
+        if len(names) > 1:
+            raise InvalidInputError("slide search takes one --encoder; fusion is for tile search")
         options = {
             **slide_query(settings, image, slide_id, mpp),
-            "encoder": encoder,
+            "encoder": names[0] if names else None,
             "top_k": top_k,
             "filter": SearchFilter(dataset=dataset, labels=tuple(labels or ()), split=split),
             "tiles_per_slide": tiles_per_slide,
@@ -83,11 +116,28 @@ def search(
         else:
             _print_slides(found, str(image) if image is not None else f"slide {slide_id}")
         return
-    if (image is None) == (point_id is None):
-        raise InvalidInputError("give a query image or --id POINT_ID (one of them)")
-    query: dict[str, object] = {"point_id": point_id} if point_id is not None else {"image": _read(image)}
+    feedback = Feedback(
+        like=tuple(like or ()),
+        unlike=tuple(unlike or ()),
+        like_images=tuple(_read(p) for p in like_images or ()),
+        unlike_images=tuple(_read(p) for p in unlike_images or ()),
+        strategy=strategy.value,
+    )
+    if image is not None and point_id is not None:
+        raise InvalidInputError("give a query image or --id POINT_ID, not both")
+    if image is None and point_id is None and not feedback.has_positives:
+        raise InvalidInputError("give a query image or --id POINT_ID, or liked tiles (--like POINT_ID)")
+    query: dict[str, object] = {}
+    if point_id is not None:
+        query["point_id"] = point_id
+    elif image is not None:
+        query["image"] = _read(image)
     options = {
-        "encoder": encoder,
+        "encoder": names[0] if len(names) == 1 else None,
+        "encoders": names if len(names) > 1 else None,
+        "fusion": fusion.value,
+        "feedback": feedback if feedback.examples else None,
+        "diversity": diverse,
         "top_k": top_k,
         "filter": SearchFilter(
             dataset=dataset,
@@ -156,11 +206,12 @@ def _in_process(settings: Settings, method: str, kwargs: dict[str, object]) -> A
     except StoreLockedError as exc:
         raise StoreLockedError(_locked(settings, exc)) from None
     with store:
-        name = kwargs.get("encoder")
-        if not name:  # load just the default encoder, not every one
+        names = list(kwargs.get("encoders") or ()) or [kwargs.get("encoder")]  # type: ignore[call-overload]
+        if not names[0]:  # load just the default encoder, not every one
             available = searchable_artifacts(store, settings.encoders_dir)
-            name = default_encoder({n: meta for n, (_, meta) in available.items()})
-        engine = SearchEngine.from_settings(store, settings, [str(name)] if name else [], warm_up=False)
+            names = [default_encoder({n: meta for n, (_, meta) in available.items()})]
+        wanted = [str(n) for n in names if n]
+        engine = SearchEngine.from_settings(store, settings, wanted, warm_up=False)
         return getattr(engine, method)(**kwargs)
 
 
@@ -205,13 +256,18 @@ def _print_slides(result: SlideSearchResult, query: str) -> None:
 
 def _print(result: SearchResult, query: str) -> None:
     tiles = f", query cut into {len(result.query_boxes)} tiles" if len(result.query_boxes) > 1 else ""
+    fused = f" fused by {result.fusion}" if result.fusion else ""
     console.print(
-        f"{len(result.hits)} hits for {query} with {result.encoder} in {result.took_ms:.1f} ms{tiles}",
+        f"{len(result.hits)} hits for {query} with {result.encoder}{fused} in {result.took_ms:.1f} ms{tiles}",
         highlight=False,
     )
     table = Table()
-    for column in ("#", "score", "dataset", "label", "image", "box (x,y wxh)"):
-        table.add_column(column, justify="right" if column in ("#", "score") else "left")
+    for column in ("#", "score", "dataset", "label", "image", "box (x,y wxh)", "id (for --like)"):
+        # rich squeezes a table to the terminal's width; ids must print whole to go into --like
+        width = 36 if column.startswith("id") else len(column)
+        table.add_column(column, justify="right" if column in ("#", "score") else "left", min_width=width)
+    if result.fusion:
+        table.add_column("found by", min_width=8)
     if len(result.query_boxes) > 1:
         table.add_column("query tile")
     for rank, hit in enumerate(result.hits, start=1):
@@ -224,9 +280,12 @@ def _print(result: SearchResult, query: str) -> None:
             str(p.get("label", "-")),
             str(p.get("image_id", "-")),
             box,
+            hit.id,
         ]
+        if result.fusion:
+            row.append(", ".join(hit.found_by))
         if len(result.query_boxes) > 1 and hit.query_tile is not None:
             q = result.query_boxes[hit.query_tile]
             row.append(f"{q.x},{q.y} {q.w}x{q.h}")
         table.add_row(*row)
-    console.print(table)
+    console.print(table, crop=False)

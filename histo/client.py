@@ -41,12 +41,14 @@ from histo.errors import (
     StoreLockedError,
     StoreUnavailableError,
     UnknownNameError,
+    unknown_name,
 )
 from histo.heatmap import DEFAULT_BEST, Heatmap
 from histo.rpc.v1 import search_pb2, search_pb2_grpc
 from histo.search import (
     DEFAULT_TOP_K,
     EncoderInfo,
+    Feedback,
     IndexStats,
     SearchHit,
     SearchResult,
@@ -199,6 +201,10 @@ class SearchClient:
         vector: Sequence[float] | np.ndarray | None = None,
         *,
         encoder: str | None = None,
+        encoders: Sequence[str] | None = None,
+        fusion: str = "rrf",
+        feedback: Feedback | None = None,
+        diversity: float | None = None,
         top_k: int = DEFAULT_TOP_K,
         filter: SearchFilter | None = None,
         per_image: int | None = None,
@@ -207,8 +213,15 @@ class SearchClient:
         exact: bool = False,
     ) -> SearchResult:
         """Like ``SearchEngine.search``; ``image`` may also be a file path, read here."""
+        if fusion not in FUSION_VALUES:
+            raise unknown_name("fusion", fusion, list(FUSION_VALUES))
+        if isinstance(encoders, str):
+            raise InvalidInputError(f"encoders must be a list of names, got the string {encoders!r}")
         request = search_pb2.SearchRequest(
             encoder=encoder or "",
+            encoders=list(encoders or ()),
+            fusion=FUSION_VALUES[fusion],
+            diversity=diversity,
             top_k=check_top_k(top_k),
             filter=filter_message(filter),
             include_same_image=include_same_image,
@@ -232,12 +245,16 @@ class SearchClient:
             request.vector.values.extend(float(x) for x in np.asarray(vector, dtype=np.float64).ravel())
         if per_image is not None:
             request.grouping.per_image = check_per_image(per_image) or 1
+        if feedback is not None:
+            request.feedback.CopyFrom(feedback_message(feedback))
         response = self._call(self._stub.Search, request)
         return SearchResult(
-            hits=[SearchHit(*_hit_fields(h)) for h in response.hits],
+            hits=[SearchHit(*_hit_fields(h), found_by=tuple(h.found_by)) for h in response.hits],
             encoder=response.encoder,
             took_ms=response.took_ms,
             query_boxes=[Box(b.x, b.y, b.w, b.h) for b in response.query_boxes],
+            encoders=list(response.encoders),
+            fusion=response.fusion or None,
         )
 
     def list_encoders(self) -> list[EncoderInfo]:
@@ -402,6 +419,29 @@ class SearchClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+FUSION_VALUES = {"rrf": search_pb2.FUSION_RRF, "dbsf": search_pb2.FUSION_DBSF}
+STRATEGY_VALUES = {
+    "best_score": search_pb2.Feedback.BEST_SCORE,
+    "sum_scores": search_pb2.Feedback.SUM_SCORES,
+    "average_vector": search_pb2.Feedback.AVERAGE_VECTOR,
+}
+
+
+def feedback_message(feedback: Feedback) -> search_pb2.Feedback:
+    """The Feedback message of ``feedback`` (the server checks ids and limits)."""
+    if not isinstance(feedback, Feedback):
+        raise InvalidInputError(f"feedback must be a histo.search.Feedback, got {type(feedback).__name__}")
+    if feedback.strategy not in STRATEGY_VALUES:
+        raise unknown_name("recommendation strategy", feedback.strategy, list(STRATEGY_VALUES))
+    return search_pb2.Feedback(
+        like=list(feedback.like),
+        unlike=list(feedback.unlike),
+        like_images=[bytes(b) for b in feedback.like_images],
+        unlike_images=[bytes(b) for b in feedback.unlike_images],
+        strategy=STRATEGY_VALUES[feedback.strategy],
+    )
 
 
 def _hit_fields(h: search_pb2.Hit) -> tuple[str, float, dict[str, Any], int | None]:

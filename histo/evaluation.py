@@ -62,6 +62,8 @@ def load_tiles(store: VectorStore, dataset: str, encoder: str) -> IndexedTiles:
             ids.append(record.id)
             vectors.append(record.vectors[encoder])
             payloads.append(record.payload)
+    if not ids:  # an unknown data set, or one never embedded with this encoder
+        return IndexedTiles([], np.zeros((0, 0), dtype=np.float32), [])
     matrix = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return IndexedTiles(ids, matrix / np.maximum(norms, 1e-12), payloads)

@@ -2,7 +2,7 @@
 
 Plots: metrics per encoder (bars), the majority-vote confusion matrix of the best encoder, a 2-D
 PCA map of each encoder's embeddings coloured by label, and a grid of queries with their top-5
-hits framed green (same label) or red.
+hits framed green (same label) or red; with a feedback round, P@10 before and after it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 from histo.data.tile_source import TileSource
 from histo.errors import HistoError
 from histo.evaluation import EncoderResult
+from histo.query_evaluation import FeedbackFigures
 
 BAR_METRICS = ("mMV@5", "mAP@5", "P@5", "Acc@1")
 
@@ -274,3 +275,26 @@ def _save(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def write_feedback(rounds: list[FeedbackFigures], dataset: str, out: Path) -> Path:
+    """``feedback.json`` and ``feedback.png``: per encoder, P@10 of the first page, of the next
+    page without feedback, and after one feedback round with each strategy."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "feedback.json").write_text(json.dumps([r.as_dict() for r in rounds], indent=2) + "\n")
+    encoders = list(dict.fromkeys(r.encoder for r in rounds))
+    strategies = list(dict.fromkeys(r.strategy for r in rounds))
+    by = {(r.encoder, r.strategy): r for r in rounds}
+    series = [("first page", [by[e, strategies[0]].first for e in encoders])]
+    series.append(("next page, no feedback", [by[e, strategies[0]].next_page for e in encoders]))
+    series += [(f"after feedback: {s}", [by[e, s].after for e in encoders]) for s in strategies]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(encoders) + 2), 4))
+    for i, (name, values) in enumerate(series):
+        ax.bar(np.arange(len(encoders)) + i * width, values, width, label=name)
+    ax.set_xticks(np.arange(len(encoders)) + width * (len(series) - 1) / 2, encoders, rotation=20)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("P@10")
+    ax.legend(fontsize=7, loc="upper right", ncol=2)
+    ax.set_title(f"{dataset}: one simulated feedback round (top 10 judged by label)")
+    return _save(fig, out / "feedback.png")

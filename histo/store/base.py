@@ -11,6 +11,7 @@ both and compare the results.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 import re
 import uuid
@@ -26,6 +27,8 @@ from histo.errors import InvalidInputError, UnknownNameError, unknown_name
 DEFAULT_COLLECTION = "histo"
 #: Payload fields that get a keyword index and can be filtered on.
 FILTER_FIELDS: tuple[str, ...] = ("dataset", "label", "split", "image_id", "slide_id", "patient_id", "role")
+#: The condition key that stands for the point id (a has-id condition), not a payload field.
+POINT_ID = "#id"
 #: The payload ``role`` of a slide's representative tiles (its mosaic), which slide search searches.
 MOSAIC_ROLE = "mosaic"
 
@@ -37,6 +40,17 @@ T = TypeVar("T")
 
 _ID_CHUNK = 1024  # ids per has-id condition / retrieve call
 _WRITE_CHUNK = 512  # points per write call
+
+#: How several encoders' candidate lists are fused: reciprocal rank or distribution-based score fusion.
+FUSIONS: tuple[str, ...] = ("rrf", "dbsf")
+#: RRF's k (Cormack et al. 2009), given explicitly so that both backends rank alike.
+RRF_K = 60
+#: Candidates each encoder contributes to a fused query, at least (``Leg`` lists are this deep).
+FUSION_DEPTH = 100
+#: Recommendation strategies: Qdrant's ``best_score`` and ``sum_scores`` run in the engine;
+#: ``average_vector`` is Qdrant's rule (2 * mean(positives) - mean(negatives)) turned into a
+#: nearest query here, as Qdrant's collection layer does (the embedded shard has no such query).
+STRATEGIES: tuple[str, ...] = ("best_score", "sum_scores", "average_vector")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -59,11 +73,54 @@ class Point:
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """One search result, best first."""
+    """One search result, best first; ``sources`` names the encoders (vectors) whose candidate
+    list held it (for a query of one vector, that vector)."""
 
     id: str
     score: float
     payload: dict[str, Any]
+    sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One named vector's part of a query, in the engine's terms: the points nearest ``vector``
+    (diversified by maximal marginal relevance when ``diversity`` is set: 0 = plain ranking,
+    1 = most diverse; MMR's lambda is 1 - diversity), or, when ``positives`` are given, a
+    recommendation from positive and negative example vectors by ``strategy``."""
+
+    using: str
+    vector: VectorLike | None = None
+    positives: tuple[VectorLike, ...] = ()
+    negatives: tuple[VectorLike, ...] = ()
+    strategy: str = "average_vector"
+    diversity: float | None = None
+
+    @property
+    def is_recommend(self) -> bool:
+        return bool(self.positives)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One engine request: a single leg, or several fused (each leg's ``depth`` best, then RRF or
+    DBSF over those lists); ``limit`` results, with payloads or ids only."""
+
+    legs: tuple[Leg, ...]
+    limit: int
+    fusion: str = "rrf"
+    depth: int = FUSION_DEPTH
+    payload: bool = True
+
+
+def request_fields(plan: Plan, flt: Any) -> dict[str, Any]:
+    """The fields a query request has under the same names in both engines' APIs."""
+    return {"limit": plan.limit, "filter": flt, "with_payload": plan.payload, "with_vector": False}
+
+
+def mmr_candidates(limit: int) -> int:
+    """Candidates MMR re-ranks: enough that diversifying can reach past near-duplicates."""
+    return min(10_000, max(100, 4 * limit))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +167,8 @@ class SearchFilter:
     mosaic_only: bool = False
     #: Keep only tiles of these slides.
     slide_ids: tuple[str, ...] = ()
+    #: Drop these points (the query's own point, the examples of a recommendation).
+    exclude_point_ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("dataset", "split"):
@@ -118,6 +177,10 @@ class SearchFilter:
                 _check_value(name, value)
         for name in ("labels", "exclude_image_ids", "exclude_slide_ids", "exclude_patient_ids", "slide_ids"):
             object.__setattr__(self, name, _as_str_tuple(name, getattr(self, name)))
+        points = tuple(
+            dict.fromkeys(canonical_id(i) for i in _as_str_tuple("exclude_point_ids", self.exclude_point_ids))
+        )
+        object.__setattr__(self, "exclude_point_ids", points)
 
     @property
     def must(self) -> Conditions:
@@ -142,6 +205,7 @@ class SearchFilter:
             ("image_id", self.exclude_image_ids),
             ("slide_id", self.exclude_slide_ids),
             ("patient_id", self.exclude_patient_ids),
+            (POINT_ID, self.exclude_point_ids),
         )
         return tuple((key, values) for key, values in pairs if values)
 
@@ -188,6 +252,20 @@ class VectorStore(Protocol):
         exact: bool = False,
     ) -> list[Hit]:
         """The ``limit`` nearest points by cosine similarity, best first."""
+        ...
+
+    def query(
+        self,
+        legs: Sequence[Leg],
+        limit: int = 10,
+        filter: SearchFilter | None = None,
+        *,
+        fusion: str = "rrf",
+        depth: int | None = None,
+        exact: bool = False,
+    ) -> list[Hit]:
+        """Nearest, MMR or recommendation queries of one or several named vectors, fused in the
+        engine (prefetch + RRF/DBSF); each hit names the vectors that found it."""
         ...
 
     def retrieve(
@@ -298,6 +376,13 @@ def check_limit(limit: object) -> int:
     return int(limit)
 
 
+def _in_order(hits: list[Hit], sources: tuple[str, ...]) -> list[Hit]:
+    """Hits best first, ties by id; ``sources`` set where given."""
+    if sources:
+        hits = [dataclasses.replace(hit, sources=sources) for hit in hits]
+    return sorted(hits, key=lambda hit: (-hit.score, hit.id))
+
+
 def chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -356,9 +441,11 @@ class StoreBase(abc.ABC):
         """Update existing points: set the given vectors, replace payloads that are not None."""
 
     @abc.abstractmethod
-    def _query(
-        self, name: str, vector: list[float], limit: int, must: Conditions, must_not: Conditions, exact: bool
-    ) -> list[Hit]: ...
+    def _query_many(
+        self, plans: Sequence[Plan], must: Conditions, must_not: Conditions, exact: bool
+    ) -> list[list[Hit]]:
+        """Run each plan (legs already checked: vectors are float lists, strategies the engine's)
+        with the same filter; one list of hits per plan, as the engine ranked them."""
 
     @abc.abstractmethod
     def _retrieve(self, ids: Sequence[str], with_vectors: bool | list[str]) -> list[Record]: ...
@@ -518,12 +605,71 @@ class StoreBase(abc.ABC):
         *,
         exact: bool = False,
     ) -> list[Hit]:
+        return self.query([Leg(vector_name, query_vector)], limit, filter, exact=exact)
+
+    def query(
+        self,
+        legs: Sequence[Leg],
+        limit: int = 10,
+        filter: SearchFilter | None = None,
+        *,
+        fusion: str = "rrf",
+        depth: int | None = None,
+        exact: bool = False,
+    ) -> list[Hit]:
+        """The ``limit`` best points for one leg, or for several legs fused by ``fusion`` over
+        each leg's ``depth`` (default ``max(limit, FUSION_DEPTH)``) best; every hit names the legs
+        whose list held it. Ties are ordered by id, so that both backends agree."""
         self._check_open()
-        name = check_name(vector_name)
-        vector = as_vector(name, query_vector, self._dim_of(name))
+        if not legs:
+            raise InvalidInputError("a query needs at least one vector to search with")
+        checked = tuple(self._check_leg(leg) for leg in legs)
+        if len({leg.using for leg in checked}) != len(checked):
+            raise InvalidInputError("each named vector may appear once in a fused query")
+        if fusion not in FUSIONS:
+            raise unknown_name("fusion", fusion, list(FUSIONS))
         limit = check_limit(limit)
         flt = self._check_filter(filter)
-        return self._query(name, vector, limit, flt.must, flt.must_not, bool(exact))
+        if len(checked) == 1:
+            (hits,) = self._query_many([Plan(checked, limit)], flt.must, flt.must_not, bool(exact))
+            return _in_order(hits, (checked[0].using,))
+        depth = check_limit(depth) if depth is not None else max(limit, FUSION_DEPTH)
+        # RRF ties points at the same rank of different lists: fetch past them, cut after ordering
+        plans = [Plan(checked, limit + len(checked), fusion, depth)]
+        plans += [Plan((leg,), depth, payload=False) for leg in checked]
+        fused, *lists = self._query_many(plans, flt.must, flt.must_not, bool(exact))
+        members = [(leg.using, {hit.id for hit in found}) for leg, found in zip(checked, lists, strict=True)]
+        return [
+            dataclasses.replace(hit, sources=tuple(name for name, ids in members if hit.id in ids))
+            for hit in _in_order(fused, ())[:limit]
+        ]
+
+    def _check_leg(self, leg: Leg) -> Leg:
+        """A leg with its vectors checked and made float lists; ``average_vector`` turned into
+        the nearest query it stands for."""
+        if not isinstance(leg, Leg):
+            raise InvalidInputError(f"query legs are histo.store.Leg objects, got {type(leg).__name__}")
+        name = check_name(leg.using)
+        dim = self._dim_of(name)
+        if leg.strategy not in STRATEGIES:
+            raise unknown_name("recommendation strategy", leg.strategy, list(STRATEGIES))
+        if leg.diversity is not None and not (0.0 <= leg.diversity <= 1.0):
+            raise InvalidInputError(f"diversity must be from 0 to 1, got {leg.diversity!r}")
+        if not leg.is_recommend:
+            if leg.negatives:
+                raise InvalidInputError("a recommendation needs at least one positive example")
+            if leg.vector is None:
+                raise InvalidInputError(f"the {name!r} part of the query has no vector")
+            return Leg(name, as_vector(name, leg.vector, dim), diversity=leg.diversity)
+        if leg.vector is not None or leg.diversity is not None:
+            raise InvalidInputError("a recommendation takes examples only: no query vector, no diversity")
+        positives = tuple(as_vector(name, v, dim) for v in leg.positives)
+        negatives = tuple(as_vector(name, v, dim) for v in leg.negatives)
+        if leg.strategy != "average_vector":
+            return Leg(name, positives=positives, negatives=negatives, strategy=leg.strategy)
+        mean_pos = np.mean(np.asarray(positives), axis=0)
+        target = 2 * mean_pos - np.mean(np.asarray(negatives), axis=0) if negatives else mean_pos
+        return Leg(name, as_vector(name, target, dim))
 
     @staticmethod
     def _check_filter(filter: SearchFilter | None) -> SearchFilter:

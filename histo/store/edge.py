@@ -44,12 +44,18 @@ import qdrant_edge as qe
 from histo.errors import HistoError, InvalidInputError, StoreLockedError, StoreUnavailableError
 from histo.store.base import (
     DEFAULT_COLLECTION,
+    POINT_ID,
+    RRF_K,
     Conditions,
     Hit,
+    Leg,
+    Plan,
     Record,
     StoreBase,
     _Write,
     check_collection,
+    mmr_candidates,
+    request_fields,
 )
 
 LOCK_NAME = ".histo-store.lock"
@@ -217,13 +223,19 @@ def _filter(
     extra_must: Sequence[Any] = (),
     extra_must_not: Sequence[Any] = (),
 ) -> qe.Filter | None:
-    pos: list[Any] = [qe.FieldCondition(key=key, match=_match(values)) for key, values in must]
-    neg: list[Any] = [qe.FieldCondition(key=key, match=_match(values)) for key, values in must_not]
+    pos: list[Any] = [_condition(key, values) for key, values in must]
+    neg: list[Any] = [_condition(key, values) for key, values in must_not]
     pos.extend(extra_must)
     neg.extend(extra_must_not)
     if not pos and not neg:
         return None
     return qe.Filter(must=pos or None, must_not=neg or None)
+
+
+def _condition(key: str, values: tuple[str, ...]) -> Any:
+    if key == POINT_ID:
+        return qe.HasIdCondition(set(values))
+    return qe.FieldCondition(key=key, match=_match(values))
 
 
 def _search_params(exact: bool, filtered: bool) -> qe.SearchParams | None:
@@ -234,6 +246,45 @@ def _search_params(exact: bool, filtered: bool) -> qe.SearchParams | None:
     if exact:
         return qe.SearchParams(exact=True)
     return qe.SearchParams(acorn=qe.AcornSearchParams(enable=True)) if filtered else None
+
+
+def _leg_query(leg: Leg, limit: int) -> Any:
+    if leg.is_recommend:
+        examples = qe.RecommendQuery([_floats(v) for v in leg.positives], [_floats(v) for v in leg.negatives])
+        if leg.strategy == "sum_scores":
+            return qe.Query.RecommendSumScores(examples, using=leg.using)
+        return qe.Query.RecommendBestScore(examples, using=leg.using)
+    if leg.diversity is not None:  # the engine's lambda weighs relevance
+        return qe.Mmr(_floats(leg.vector), 1.0 - leg.diversity, mmr_candidates(limit), using=leg.using)
+    return qe.Query.Nearest(_floats(leg.vector), using=leg.using)
+
+
+def _floats(vector: object) -> list[float]:
+    """A checked leg's vector (``StoreBase`` made it a float list)."""
+    assert isinstance(vector, list)
+    return vector
+
+
+def _request(plan: Plan, flt: qe.Filter | None, params: qe.SearchParams | None) -> qe.QueryRequest:
+    """One leg as it is, or several as prefetches fused by RRF / DBSF (the filter on each)."""
+    common = request_fields(plan, flt)
+    if len(plan.legs) == 1:
+        return qe.QueryRequest(query=_leg_query(plan.legs[0], plan.limit), params=params, **common)
+    prefetches = [
+        qe.Prefetch(limit=plan.depth, query=_leg_query(leg, plan.depth), filter=flt, params=params)
+        for leg in plan.legs
+    ]
+    fusion = qe.Fusion.Rrf(k=RRF_K) if plan.fusion == "rrf" else qe.Fusion.Dbsf()
+    # the stub types the fusion as Fusion, the engine takes its variants (as the stub's own docs show)
+    return qe.QueryRequest(
+        query=fusion,  # type: ignore[arg-type]
+        prefetches=prefetches,
+        **common,
+    )
+
+
+def _hits(points: Sequence[Any]) -> list[Hit]:
+    return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
 
 def _vectors_of(value: Any) -> dict[str, list[float]]:
@@ -396,20 +447,14 @@ class EdgeStore(StoreBase):
                 if w.payload is not None:
                     shard.update(qe.UpdateOperation.overwrite_payload([w.id], w.payload))
 
-    def _query(
-        self, name: str, vector: list[float], limit: int, must: Conditions, must_not: Conditions, exact: bool
-    ) -> list[Hit]:
+    def _query_many(
+        self, plans: Sequence[Plan], must: Conditions, must_not: Conditions, exact: bool
+    ) -> list[list[Hit]]:
+        flt = _filter(must, must_not)
+        params = _search_params(exact, filtered=flt is not None)
         with self._engine("search"):
-            request = qe.QueryRequest(
-                query=qe.Query.Nearest(vector, using=name),
-                limit=limit,
-                filter=_filter(must, must_not),
-                with_payload=True,
-                with_vector=False,
-                params=_search_params(exact, filtered=bool(must or must_not)),
-            )
-            points = self._require().query(request)
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+            shard = self._require()
+            return [_hits(shard.query(_request(plan, flt, params))) for plan in plans]
 
     def _retrieve(self, ids: Sequence[str], with_vectors: bool | list[str]) -> list[Record]:
         with self._engine("retrieve points"):

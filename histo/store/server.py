@@ -33,7 +33,21 @@ from histo.errors import (
     StoreLockedError,
     StoreUnavailableError,
 )
-from histo.store.base import DEFAULT_COLLECTION, Conditions, Hit, Record, StoreBase, _Write, check_collection
+from histo.store.base import (
+    DEFAULT_COLLECTION,
+    POINT_ID,
+    RRF_K,
+    Conditions,
+    Hit,
+    Leg,
+    Plan,
+    Record,
+    StoreBase,
+    _Write,
+    check_collection,
+    mmr_candidates,
+    request_fields,
+)
 
 _FACET_LIMIT = 100_000
 _START_HINT = "start it (docker compose up qdrant) or unset HISTO_QDRANT__URL to use the embedded index"
@@ -49,13 +63,54 @@ def _filter(
     extra_must: Sequence[qm.Condition] = (),
     extra_must_not: Sequence[qm.Condition] = (),
 ) -> qm.Filter | None:
-    pos: list[qm.Condition] = [qm.FieldCondition(key=key, match=_match(values)) for key, values in must]
-    neg: list[qm.Condition] = [qm.FieldCondition(key=key, match=_match(values)) for key, values in must_not]
+    pos: list[qm.Condition] = [_condition(key, values) for key, values in must]
+    neg: list[qm.Condition] = [_condition(key, values) for key, values in must_not]
     pos.extend(extra_must)
     neg.extend(extra_must_not)
     if not pos and not neg:
         return None
     return qm.Filter(must=pos or None, must_not=neg or None)
+
+
+def _condition(key: str, values: tuple[str, ...]) -> qm.Condition:
+    if key == POINT_ID:
+        return qm.HasIdCondition(has_id=list(values))
+    return qm.FieldCondition(key=key, match=_match(values))
+
+
+def _leg_query(leg: Leg, limit: int) -> Any:
+    if leg.is_recommend:
+        strategy = (
+            qm.RecommendStrategy.SUM_SCORES
+            if leg.strategy == "sum_scores"
+            else qm.RecommendStrategy.BEST_SCORE
+        )
+        examples = qm.RecommendInput(
+            positive=list(leg.positives), negative=list(leg.negatives), strategy=strategy
+        )
+        return qm.RecommendQuery(recommend=examples)
+    if leg.diversity is not None:
+        mmr = qm.Mmr(diversity=leg.diversity, candidates_limit=mmr_candidates(limit))
+        return qm.NearestQuery(nearest=leg.vector, mmr=mmr)
+    return qm.NearestQuery(nearest=leg.vector)
+
+
+def _request(plan: Plan, flt: qm.Filter | None, params: qm.SearchParams | None) -> qm.QueryRequest:
+    """One leg as it is, or several as prefetches fused by RRF / DBSF (the filter on each)."""
+    common = request_fields(plan, flt)
+    if len(plan.legs) == 1:
+        leg = plan.legs[0]
+        return qm.QueryRequest(query=_leg_query(leg, plan.limit), using=leg.using, params=params, **common)
+    prefetch = [
+        qm.Prefetch(
+            query=_leg_query(leg, plan.depth), using=leg.using, limit=plan.depth, filter=flt, params=params
+        )
+        for leg in plan.legs
+    ]
+    fusion = (
+        qm.RrfQuery(rrf=qm.Rrf(k=RRF_K)) if plan.fusion == "rrf" else qm.FusionQuery(fusion=qm.Fusion.DBSF)
+    )
+    return qm.QueryRequest(query=fusion, prefetch=prefetch, **common)
 
 
 def _vectors_of(value: Any) -> dict[str, list[float]]:
@@ -307,22 +362,19 @@ class ServerStore(StoreBase):
             with self._api("update points"):
                 self.client.batch_update_points(self.collection, update_operations=ops, wait=True)
 
-    def _query(
-        self, name: str, vector: list[float], limit: int, must: Conditions, must_not: Conditions, exact: bool
-    ) -> list[Hit]:
-        with self._api("search"):
-            response = self.client.query_points(
-                self.collection,
-                query=vector,
-                using=name,
-                limit=limit,
-                query_filter=_filter(must, must_not),
-                # local mode is brute force already, and warns on every query given graph parameters
-                search_params=_search_params(exact, filtered=bool(must or must_not) and not self._local),
-                with_payload=True,
-                with_vectors=False,
-            )
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+    def _query_many(
+        self, plans: Sequence[Plan], must: Conditions, must_not: Conditions, exact: bool
+    ) -> list[list[Hit]]:
+        flt = _filter(must, must_not)
+        # local mode is brute force already, and warns on every query given graph parameters
+        params = _search_params(exact, filtered=flt is not None and not self._local)
+        requests = [_request(plan, flt, params) for plan in plans]
+        with self._api("search"):  # one round trip for the fused query and its legs' lists
+            responses = self.client.query_batch_points(self.collection, requests=requests)
+        return [
+            [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+            for response in responses
+        ]
 
     def _retrieve(self, ids: Sequence[str], with_vectors: bool | list[str]) -> list[Record]:
         with self._api("retrieve points"):

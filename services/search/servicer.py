@@ -16,7 +16,7 @@ from histo.data.records import Box
 from histo.data.tile_source import TileImage, TileView
 from histo.heatmap import DEFAULT_BEST, Heatmap
 from histo.rpc.v1 import search_pb2, search_pb2_grpc
-from histo.search import DEFAULT_TOP_K, EncoderInfo, IndexStats, SearchEngine, SearchResult
+from histo.search import DEFAULT_TOP_K, EncoderInfo, Feedback, IndexStats, SearchEngine, SearchResult
 from histo.slide_search import DEFAULT_TILES_PER_SLIDE, SlideSearchResult
 from histo.store import SearchFilter
 from services.search.errors import abort
@@ -41,6 +41,25 @@ def filter_of(message: search_pb2.Filter) -> SearchFilter:
     )
 
 
+#: Proto enum values to the engine's names.
+FUSION_NAMES = {search_pb2.FUSION_RRF: "rrf", search_pb2.FUSION_DBSF: "dbsf"}
+STRATEGY_NAMES = {
+    search_pb2.Feedback.BEST_SCORE: "best_score",
+    search_pb2.Feedback.SUM_SCORES: "sum_scores",
+    search_pb2.Feedback.AVERAGE_VECTOR: "average_vector",
+}
+
+
+def feedback_of(message: search_pb2.Feedback) -> Feedback:
+    return Feedback(
+        like=tuple(message.like),
+        unlike=tuple(message.unlike),
+        like_images=tuple(message.like_images),
+        unlike_images=tuple(message.unlike_images),
+        strategy=STRATEGY_NAMES[message.strategy],
+    )
+
+
 def search_kwargs(request: search_pb2.SearchRequest) -> dict[str, Any]:
     """The engine's keyword arguments for a request (proto defaults mean "not given")."""
     kind = request.WhichOneof("query")
@@ -49,6 +68,10 @@ def search_kwargs(request: search_pb2.SearchRequest) -> dict[str, Any]:
         "point_id": request.point_id if kind == "point_id" else None,
         "vector": list(request.vector.values) if kind == "vector" else None,
         "encoder": request.encoder or None,
+        "encoders": list(request.encoders) or None,
+        "fusion": FUSION_NAMES[request.fusion],
+        "feedback": feedback_of(request.feedback) if request.HasField("feedback") else None,
+        "diversity": request.diversity if request.HasField("diversity") else None,
         "top_k": request.top_k or DEFAULT_TOP_K,
         "filter": filter_of(request.filter),
         "per_image": (request.grouping.per_image or 1) if request.HasField("grouping") else None,
@@ -60,7 +83,13 @@ def search_kwargs(request: search_pb2.SearchRequest) -> dict[str, Any]:
 
 def hit_message(h: Any) -> search_pb2.Hit:
     """A SearchHit or a SlideMatch as a Hit."""
-    return search_pb2.Hit(id=h.id, score=h.score, payload=to_struct(h.payload), query_tile=h.query_tile)
+    return search_pb2.Hit(
+        id=h.id,
+        score=h.score,
+        payload=to_struct(h.payload),
+        query_tile=h.query_tile,
+        found_by=getattr(h, "found_by", ()),
+    )
 
 
 def box_messages(boxes: Iterable[Box]) -> list[search_pb2.Box]:
@@ -73,6 +102,8 @@ def search_response(result: SearchResult) -> search_pb2.SearchResponse:
         encoder=result.encoder,
         took_ms=result.took_ms,
         query_boxes=box_messages(result.query_boxes),
+        encoders=result.encoders,
+        fusion=result.fusion or "",
     )
 
 

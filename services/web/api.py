@@ -2,7 +2,7 @@
 
 | route | gRPC | answer |
 |---|---|---|
-| ``POST /api/search`` | ``Search`` | the JSON of ``histocli search --json`` |
+| ``POST /api/search`` | ``Search`` | the JSON of ``histocli search --json`` (fused, with feedback) |
 | ``GET /api/encoders`` | ``ListEncoders`` | ``{"encoders": [...]}`` |
 | ``GET /api/stats`` | ``GetIndexStats`` | points per encoder, data set and label |
 | ``GET /api/tiles/{id}`` | ``GetTile`` (TILE) | the tile as PNG or JPEG |
@@ -34,7 +34,7 @@ from histo.data.images import load_rgb
 from histo.data.tile_source import MAX_SIZE, MIN_SIZE, TileView
 from histo.errors import ImageDecodeError, InvalidInputError
 from histo.heatmap import DEFAULT_BEST
-from histo.search import DEFAULT_TOP_K, MAX_TILES_PER_SLIDE, MAX_TOP_K
+from histo.search import DEFAULT_TOP_K, MAX_EXAMPLES, MAX_TILES_PER_SLIDE, MAX_TOP_K, Feedback
 from histo.slide_search import DEFAULT_TILES_PER_SLIDE
 from histo.store import SearchFilter
 from services.web.errors import describe_validation
@@ -42,7 +42,16 @@ from services.web.errors import describe_validation
 router = APIRouter()
 P = TypeVar("P", bound=BaseModel)
 #: Text fields of a multipart search (the file is the field ``image``); more is a malformed form.
-MAX_FORM_FIELDS = 64
+#: Room for every like / unlike id the engine takes, so that its limit is the one a user meets.
+MAX_FORM_FIELDS = 64 + MAX_EXAMPLES
+#: Form fields that may repeat, and the SearchParams list each one adds to.
+LIST_FIELDS = {
+    "labels": "labels",
+    "label": "labels",
+    "encoders": "encoders",
+    "like": "like",
+    "unlike": "unlike",
+}
 MAX_FIELD_BYTES = 64 * 1024
 DEFAULT_PREVIEW_SIZE = 512
 CACHE_TILES = "private, max-age=300"
@@ -52,13 +61,28 @@ Format = Annotated[str, Query(pattern="^(png|jpe?g)$", description="png or jpeg.
 
 class SearchParams(BaseModel):
     """A search, as JSON or as the text fields of a multipart form beside the file ``image``.
-    Give exactly one query: the file ``image``, ``point_id`` or ``vector``."""
+    Give one query: the file ``image``, ``point_id`` or ``vector``; with ``like`` ids it may be
+    left out. Lists repeat their field in a form (``like=a&like=b``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     point_id: str | None = Field(None, description="Search with an indexed tile's stored vector.")
     vector: list[float] | None = Field(None, description="A raw vector of the encoder's dimension.")
     encoder: str | None = Field(None, description="Named vector to search; empty = the default.")
+    encoders: list[str] = Field(
+        default_factory=list, description="Several encoders, fused into one ranking (instead of encoder)."
+    )
+    fusion: str = Field("rrf", description="How several encoders' lists are fused: rrf or dbsf.")
+    like: list[str] = Field(default_factory=list, description="Point ids of tiles to find more like.")
+    unlike: list[str] = Field(default_factory=list, description="Point ids of tiles to find less like.")
+    strategy: str | None = Field(
+        None,
+        description="How like / unlike combine: best_score, sum_scores or average_vector; "
+        "empty = the engine's default (histo.search.Feedback).",
+    )
+    diversity: float | None = Field(
+        None, description="MMR re-ranking, 0 (plain) to 1 (most diverse); one encoder, no like / unlike."
+    )
     top_k: int = Field(DEFAULT_TOP_K, ge=1, le=MAX_TOP_K)
     dataset: str | None = Field(None, description="Only tiles of this data set.")
     labels: list[str] = Field(default_factory=list, description="Only tiles with any of these labels.")
@@ -74,6 +98,10 @@ class SearchParams(BaseModel):
             "point_id": self.point_id,
             "vector": self.vector,
             "encoder": self.encoder,
+            "encoders": self.encoders or None,
+            "fusion": self.fusion,
+            "feedback": self.feedback(),
+            "diversity": self.diversity,
             "top_k": self.top_k,
             "filter": SearchFilter(dataset=self.dataset, labels=tuple(self.labels), split=self.split),
             "per_image": self.per_image,
@@ -81,6 +109,13 @@ class SearchParams(BaseModel):
             "mpp": self.mpp,
             "exact": self.exact,
         }
+
+    def feedback(self) -> Feedback | None:
+        """The engine's Feedback when any tile is liked or unliked; else a plain search."""
+        if not (self.like or self.unlike):
+            return None
+        feedback = Feedback(like=tuple(self.like), unlike=tuple(self.unlike))
+        return dataclasses.replace(feedback, strategy=self.strategy) if self.strategy else feedback
 
 
 def _params(model: type[P], values: dict[str, Any]) -> P:
@@ -111,14 +146,14 @@ async def _upload(form: FormData, required: bool) -> bytes | None:
 
 
 def _form_values(form: FormData) -> dict[str, Any]:
-    """Text fields as SearchParams input: empty ones left out, ``labels``/``label`` repeatable."""
+    """Text fields as SearchParams input: empty ones left out, ``LIST_FIELDS`` repeatable."""
     values: dict[str, Any] = {}
     for key in dict.fromkeys(form.keys()):
         if key == "image":
             continue
         items = [v for v in form.getlist(key) if isinstance(v, str) and v.strip()]
-        if key in ("labels", "label"):
-            values.setdefault("labels", []).extend(items)
+        if key in LIST_FIELDS:
+            values.setdefault(LIST_FIELDS[key], []).extend(items)
         elif key == "vector" and items:
             values[key] = [part for part in items[0].replace(",", " ").split() if part]
         elif items:
@@ -144,10 +179,12 @@ def body_of(schema: str) -> dict[str, Any]:
 @router.post(
     "/search",
     openapi_extra=body_of("SearchParams"),
-    summary="Rank indexed tiles by similarity to an uploaded image, an indexed tile or a vector.",
+    summary="Rank indexed tiles by similarity to an uploaded image, an indexed tile or a vector, "
+    "with one encoder or several fused, optionally steered by liked and unliked tiles.",
 )
 async def search(request: Request) -> dict[str, Any]:
-    """The same JSON as ``histocli search --json``: encoder, took_ms, query_boxes, hits."""
+    """The same JSON as ``histocli search --json``: encoder(s), fusion, took_ms, query_boxes,
+    hits (each with ``found_by``)."""
     image, values = await _request_values(request)
     params = _params(SearchParams, values)
     backend = request.app.state.backend

@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from histo.data.tile_source import TileImage, TileView
 from histo.errors import HistoError
 from histo.heatmap import Heatmap
-from histo.search import EncoderInfo, IndexStats, SearchResult
+from histo.search import EncoderInfo, Feedback, IndexStats, SearchResult
 from histo.slide_search import SlideSearchResult
 from histo.store import SearchFilter
 from services.web.errors import HttpError, UnauthorisedError, describe_validation, http_error_of
@@ -62,6 +62,10 @@ class SearchBackend(Protocol):
         point_id: str | None = None,
         vector: Sequence[float] | None = None,
         encoder: str | None = None,
+        encoders: Sequence[str] | None = None,
+        fusion: str = "rrf",
+        feedback: Feedback | None = None,
+        diversity: float | None = None,
         top_k: int = 10,
         filter: SearchFilter | None = None,
         per_image: int | None = None,

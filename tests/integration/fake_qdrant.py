@@ -29,6 +29,15 @@ class SeenRequest:
     headers: dict[str, str]
 
 
+def _searches(body: bytes) -> list[Any]:
+    """The searches of a batch query's JSON body ([] when it is not one)."""
+    try:
+        searches = json.loads(body or b"{}").get("searches")
+    except (ValueError, AttributeError):
+        return []
+    return searches if isinstance(searches, list) else []
+
+
 def collection_info(vectors: dict[str, int]) -> dict[str, Any]:
     """A valid ``GET /collections/{name}`` result, made by qdrant-client's own local mode."""
     local = QdrantClient(location=":memory:")
@@ -85,8 +94,9 @@ class FakeQdrant:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def answer(self, method: str, path: str) -> tuple[int, Any]:
-        """(HTTP status, JSON result) for one call of the REST API."""
+    def answer(self, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
+        """(HTTP status, JSON result) for one call of the REST API (a batch query: one empty
+        answer per search in ``body``)."""
         if self.fail_with is not None:
             return self.fail_with, {"status": {"error": "service unavailable (fake)"}}
         base = f"/collections/{self.collection}"
@@ -95,12 +105,13 @@ class FakeQdrant:
             ("GET", f"{base}/exists"): {"result": {"exists": True}},
             ("GET", base): {"result": self._info},
             ("POST", f"{base}/points/query"): {"result": {"points": []}},
+            ("POST", f"{base}/points/query/batch"): {"result": [{"points": []} for _ in _searches(body)]},
             ("POST", f"{base}/points"): {"result": []},
         }
-        body = routes.get((method, path))
-        if body is None:
+        answer = routes.get((method, path))
+        if answer is None:
             return 404, {"status": {"error": f"fake qdrant has no {method} {path}"}}
-        return 200, {**body, "status": "ok", "time": 0.0} if path != "/" else body
+        return 200, {**answer, "status": "ok", "time": 0.0} if path != "/" else answer
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
@@ -108,12 +119,11 @@ class FakeQdrant:
         class Handler(BaseHTTPRequestHandler):
             def _reply(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
-                if length:
-                    self.rfile.read(length)
+                sent = self.rfile.read(length) if length else b""
                 path = re.sub(r"\?.*$", "", self.path)
                 with fake._lock:
                     fake.requests.append(SeenRequest(self.command, path, dict(self.headers.items())))
-                status, body = fake.answer(self.command, path)
+                status, body = fake.answer(self.command, path, sent)
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")

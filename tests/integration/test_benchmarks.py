@@ -118,3 +118,47 @@ def test_slide_read_report(results: Path) -> None:
             figures["pyramid_tiles_per_s"] / figures["png_tiles_per_s"], rel=0.01
         )
     assert "big" not in r  # the 100k x 100k pyramid is a full run's figure only
+
+
+@pytest.fixture(scope="module")
+def query_modes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The query modes suite alone (seconds), so ``-k query_modes`` need not run every suite."""
+    out = tmp_path_factory.mktemp("bench_query_modes")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "run", "--quick", "--only", "query_modes", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "### query_modes" in (out / "summary.md").read_text()
+    return _report(out, "query_modes")
+
+
+def test_query_modes_report(query_modes: dict[str, Any]) -> None:
+    r = query_modes
+    assert r["points"] == 2000 and r["queries"] > 0 and r["top_k"] == 10
+    assert r["dims"] == {"enc_512": 512, "enc_256": 256, "enc_128": 128}
+    assert 0.0 < r["filter_pass_share"] < 1.0
+    rows = r["rows"]
+    assert set(rows) == {
+        "nearest",
+        "fused2_rrf",
+        "fused3_rrf",
+        "fused3_dbsf",
+        "recommend_best_score",
+        "recommend_average_vector",
+        "mmr",
+        "nearest_filtered",
+        "fused2_rrf_filtered",
+        "recommend_best_score_filtered",
+    }
+    for key, row in rows.items():
+        assert 0 < row["median_ms"] <= row["p95_ms"] and row["mean_ms"] > 0
+        assert row["ratio"] > 0 and not math.isnan(row["ratio"])
+        assert row["mean_hits"] == r["top_k"]  # every mode, filtered too, filled its top 10
+        assert row["baseline"] == ("nearest_filtered" if key.endswith("_filtered") else "nearest")
+        expected = row["median_ms"] / rows[row["baseline"]]["median_ms"]
+        assert row["ratio"] == pytest.approx(expected, rel=0.05, abs=0.01)
+    assert rows["nearest"]["ratio"] == 1.0 and rows["nearest_filtered"]["ratio"] == 1.0

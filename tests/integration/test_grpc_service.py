@@ -38,7 +38,7 @@ from histo.errors import (
     UnknownNameError,
 )
 from histo.rpc.v1 import search_pb2, search_pb2_grpc
-from histo.search import SearchEngine, SearchResult
+from histo.search import Feedback, SearchEngine, SearchResult
 from histo.settings import GrpcSettings
 from histo.store import EdgeStore, SearchFilter
 from services.search.server import SearchServer, create_server
@@ -121,6 +121,11 @@ def test_list_encoders_and_index_stats(client: SearchClient, engine: SearchEngin
 def queries(homes: tuple[Path, Path], records: list[Any]) -> list[dict[str, Any]]:
     bracs = next(r for r in records if r.payload["dataset"] == "bracs")
     bach = next(r for r in records if r.payload["dataset"] == "bach")
+    others = [
+        r
+        for r in records
+        if r.payload["image_id"] not in (bach.payload["image_id"], bracs.payload["image_id"])
+    ]
     vector = np.random.default_rng(0).random(512).tolist()
     return [
         {"image": bach_image(homes)},
@@ -137,6 +142,16 @@ def queries(homes: tuple[Path, Path], records: list[Any]) -> list[dict[str, Any]
         {"point_id": bracs.id, "filter": SearchFilter(exclude_patient_ids=(bracs.payload["patient_id"],))},
         {"image": bach_image(homes), "filter": SearchFilter(dataset="bach", labels=("Normal",))},
         {"point_id": bach.id, "filter": SearchFilter(dataset="nowhere")},
+        # beyond one vector: fusion, feedback, diversity
+        {"image": bach_image(homes), "encoders": ["colorhist", "random"]},
+        {"point_id": bach.id, "encoders": ["random", "colorhist"], "fusion": "dbsf", "per_image": 1},
+        {"point_id": bach.id, "feedback": Feedback(like=(bracs.id,), unlike=(others[0].id,))},
+        {
+            "feedback": Feedback(like=(bach.id, bracs.id), strategy="best_score"),
+            "encoders": ["colorhist", "random"],
+        },
+        {"image": bach_image(homes), "feedback": Feedback(unlike=(others[1].id,), strategy="sum_scores")},
+        {"point_id": bach.id, "encoder": "colorhist", "diversity": 0.7},
     ]
 
 
@@ -148,6 +163,8 @@ def test_grpc_hits_equal_in_process_hits(
         remote, local = client.search(**kwargs), engine.search(**kwargs)
         assert remote.hits == local.hits, sorted(query)
         assert (remote.encoder, remote.query_boxes) == (local.encoder, local.query_boxes)
+        assert (remote.encoders, remote.fusion) == (local.encoders, local.fusion)
+        assert all(h.found_by for h in remote.hits)
         assert remote.took_ms > 0
 
 
@@ -221,6 +238,46 @@ def test_image_query_tiles_and_grouping_over_grpc(client: SearchClient, homes: t
             "not in the index",
         ),
         ({}, InvalidInputError, "INVALID_ARGUMENT", "exactly one query"),
+        (
+            {"feedback": Feedback(unlike=("00000000-0000-4000-8000-000000000000",))},
+            InvalidInputError,
+            "INVALID_ARGUMENT",
+            "exactly one query",
+        ),
+        (
+            {"feedback": Feedback(like=("00000000-0000-4000-8000-000000000000",))},
+            NotFoundError,
+            "NOT_FOUND",
+            "example point",
+        ),
+        (
+            {
+                "vector": [1.0] * 512,
+                "feedback": Feedback(like=tuple(f"{k:08x}-0000-4000-8000-000000000000" for k in range(65))),
+            },
+            InvalidInputError,
+            "INVALID_ARGUMENT",
+            "at most 64",
+        ),
+        (
+            {"vector": [1.0] * 512, "encoders": ["colorhist", "nnclr"]},
+            UnknownNameError,
+            "INVALID_ARGUMENT",
+            "nnclr",
+        ),
+        (
+            {"vector": [1.0] * 512, "encoders": ["colorhist", "random"]},
+            InvalidInputError,
+            "INVALID_ARGUMENT",
+            "raw vector",
+        ),
+        ({"vector": [1.0] * 512, "diversity": 2.0}, InvalidInputError, "INVALID_ARGUMENT", "diversity"),
+        (
+            {"vector": [1.0] * 512, "encoder": "random", "encoders": ["colorhist", "random"]},
+            InvalidInputError,
+            "INVALID_ARGUMENT",
+            "not both",
+        ),
     ],
 )
 def test_error_codes(

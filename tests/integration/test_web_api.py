@@ -32,7 +32,7 @@ from cli.main import app as cli_app
 from histo.client import SearchClient
 from histo.data.tile_source import BOX_COLOUR, TileSource
 from histo.data.tiling import TilingConfig
-from histo.search import SearchEngine
+from histo.search import MAX_EXAMPLES, Feedback, SearchEngine
 from histo.settings import GrpcSettings, get_settings
 from histo.store import EdgeStore, Record, open_store
 from services.search.errors import STATUS_TABLE as GRPC_TABLE
@@ -48,6 +48,8 @@ pytestmark = pytest.mark.integration
 TOKEN = "web-token-for-tests"
 LIMIT = 2 * 1024 * 1024
 BIN = Path(sys.executable).parent
+MISSING_ID = "00000000-0000-4000-8000-000000000000"
+BOTH = ["colorhist", "random"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -144,6 +146,53 @@ def test_filters_and_point_and_vector_queries(web: httpx.Client, records: list[R
     vector = np.random.default_rng(1).random(512).tolist()
     by_vector = web.post("/api/search", json={"vector": vector, "encoder": "colorhist", "top_k": 3}).json()
     assert len(by_vector["hits"]) == 3 and by_vector["encoder"] == "colorhist"
+
+
+@pytest.mark.parametrize(
+    ("fusion", "fields"), [("rrf", {}), ("dbsf", {"fusion": "dbsf"})], ids=["rrf-default", "dbsf"]
+)
+def test_fused_encoders_say_which_encoders_found_each_hit(
+    web: httpx.Client, engine: SearchEngine, homes: tuple[Path, Path], fusion: str, fields: dict[str, str]
+) -> None:
+    data = bach_file(homes).read_bytes()
+    body = web.post("/api/search", **upload(data, encoders=BOTH, top_k="8", **fields)).json()
+    assert body["fusion"] == fusion and body["encoders"] == BOTH and len(body["hits"]) == 8
+    assert all(h["found_by"] and set(h["found_by"]) <= set(BOTH) for h in body["hits"])
+    expected = engine.search(image=data, encoders=BOTH, fusion=fusion, top_k=8)
+    assert hits_of(body) == [(h.id, h.score) for h in expected.hits]
+
+
+def test_liked_and_unliked_tiles_steer_and_leave_the_results(
+    web: httpx.Client, engine: SearchEngine, records: list[Record]
+) -> None:
+    point = records[3].id
+    first = [h["id"] for h in web.post("/api/search", json={"point_id": point, "top_k": 6}).json()["hits"]]
+    like, unlike = first[:2], first[2:3]
+    request = {"point_id": point, "top_k": 6, "like": like, "unlike": unlike}
+    again = web.post("/api/search", json=request).json()
+    assert len(again["hits"]) == 6 and not {h["id"] for h in again["hits"]} & {point, *like, *unlike}
+    expected = engine.search(point_id=point, top_k=6, feedback=Feedback(tuple(like), tuple(unlike)))
+    assert hits_of(again) == [(h.id, h.score) for h in expected.hits]
+    chosen = web.post("/api/search", json=request | {"strategy": "best_score"}).json()
+    feedback = Feedback(tuple(like), tuple(unlike), strategy="best_score")
+    assert hits_of(chosen) == [
+        (h.id, h.score) for h in engine.search(point_id=point, feedback=feedback, top_k=6).hits
+    ]
+
+
+def test_a_form_repeats_like_and_unlike_and_liked_tiles_alone_are_a_query(
+    web: httpx.Client, engine: SearchEngine, homes: tuple[Path, Path], records: list[Record]
+) -> None:
+    data = bach_file(homes).read_bytes()
+    like, unlike = [records[0].id, records[7].id], [records[12].id]
+    body = web.post("/api/search", **upload(data, like=like, unlike=unlike, top_k="5")).json()
+    expected = engine.search(image=data, top_k=5, feedback=Feedback(tuple(like), tuple(unlike)))
+    assert hits_of(body) == [(h.id, h.score) for h in expected.hits] and len(body["hits"]) == 5
+    alone = web.post("/api/search", data={"like": like, "top_k": "5"}).json()  # a plain form, no query
+    assert hits_of(alone) == [
+        (h.id, h.score) for h in engine.search(top_k=5, feedback=Feedback(like=tuple(like))).hits
+    ]
+    assert not {h["id"] for h in alone["hits"]} & set(like)
 
 
 def test_tiles_and_source_images_come_from_the_source_files(
@@ -277,6 +326,32 @@ def test_the_http_table_follows_the_grpc_table() -> None:
         ({"json": {}}, 422, "InvalidInputError", "exactly one query"),
         ({"json": {"vector": [1.0], "point_id": "x"}}, 422, "InvalidInputError", "exactly one query"),
         ({"json": {"vector": [1.0], "dataset": " "}}, 422, "InvalidInputError", "dataset"),
+        (
+            {"json": {"like": [f"00000000-0000-4000-8000-{i:012d}" for i in range(MAX_EXAMPLES + 1)]}},
+            422,
+            "InvalidInputError",
+            f"at most {MAX_EXAMPLES}",
+        ),
+        (  # the form takes that many fields: the engine's limit is the one a user meets
+            upload(b"x", like=[f"00000000-0000-4000-8000-{i:012d}" for i in range(MAX_EXAMPLES + 1)]),
+            422,
+            "InvalidInputError",
+            f"at most {MAX_EXAMPLES}",
+        ),
+        ({"json": {"like": [MISSING_ID]}}, 404, "NotFoundError", "not in the index"),
+        ({"json": {"unlike": [MISSING_ID]}}, 422, "InvalidInputError", "liked examples"),
+        ({"json": {"like": [MISSING_ID], "unlike": [MISSING_ID]}}, 422, "InvalidInputError", "both"),
+        ({"json": {"like": MISSING_ID}}, 422, "InvalidInputError", "like"),
+        ({"json": {"like": [MISSING_ID], "strategy": "vote"}}, 422, "UnknownNameError", "best_score"),
+        (
+            {"json": {"vector": [1.0], "encoders": BOTH, "diversity": 0.5}},
+            422,
+            "InvalidInputError",
+            "diversity",
+        ),
+        ({"json": {"vector": [1.0], "diversity": 2}}, 422, "InvalidInputError", "diversity"),
+        ({"json": {"vector": [1.0], "encoders": BOTH, "fusion": "max"}}, 422, "UnknownNameError", "dbsf"),
+        ({"json": {"vector": [1.0], "encoders": "colorhist"}}, 422, "InvalidInputError", "encoders"),
         ({"json": [1, 2]}, 422, "InvalidInputError", "JSON body must be an object"),
         (
             {"content": b"{not json", "headers": {"content-type": "application/json"}},
@@ -491,10 +566,19 @@ def test_the_page_over_grpc_answers_as_in_process(
             ):
                 assert remote.get(path).content == web.get(path).content, path
             data = bach_file(homes).read_bytes()
-            for request in (upload(data, top_k="5", labels="Benign"), {"json": {"point_id": point}}):
-                assert hits_of(remote.post("/api/search", **request).json()) == hits_of(
-                    web.post("/api/search", **request).json()
+            for request in (
+                upload(data, top_k="5", labels="Benign"),
+                {"json": {"point_id": point}},
+                upload(data, encoders=BOTH, fusion="dbsf"),
+                {"json": {"point_id": point, "like": [records[9].id], "unlike": [records[20].id]}},
+            ):
+                there, here = (
+                    remote.post("/api/search", **request).json(),
+                    web.post("/api/search", **request).json(),
                 )
+                assert hits_of(there) == hits_of(here)
+                assert [h["found_by"] for h in there["hits"]] == [h["found_by"] for h in here["hits"]]
+                assert (there["encoders"], there["fusion"]) == (here["encoders"], here["fusion"])
             error_of(
                 remote.post("/api/search", json={"vector": [1.0], "encoder": "x"}), 422, "UnknownNameError"
             )

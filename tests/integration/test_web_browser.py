@@ -4,7 +4,8 @@ The page is served by uvicorn on a loopback port over the small real index of th
 (synthetic BACH and BRACS, colorhist and random encoders). The test uploads a BACH-like image
 through the file input and checks what a user would: at least k result cards whose tiles decode,
 a label filter that leaves only that label, a hit's detail with its source image, "more like
-this", the URL holding the settings, and "compare encoders" with one row per encoder.
+this", the URL holding the settings, "compare encoders" with one row per encoder, like / unlike
+feedback rounds, and fused encoders with the engine's refusals shown on the page.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import Select
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from histo.data.tiling import TilingConfig
 from histo.search import SearchEngine
@@ -67,6 +69,12 @@ def cards(driver: WebDriver, within: str = "#results") -> list[dict[str, str]]:
     ]
 
 
+def open_page(driver: WebDriver, url: str) -> None:
+    """Load the page and wait for its encoders and statistics: they arrive by fetch, after load."""
+    driver.get(url)
+    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#encoder option"))
+
+
 def settings_in_url(driver: WebDriver) -> dict[str, list[str]]:
     return parse_qs(urlparse(driver.current_url).query)
 
@@ -75,7 +83,7 @@ def test_upload_filter_detail_more_like_this_and_compare(
     driver: WebDriver, page: tuple[str, Path], tmp_path: Path
 ) -> None:
     url, query = page
-    driver.get(url)
+    open_page(driver, url)
     encoder = Select(driver.find_element(By.ID, "encoder"))
     assert [o.get_attribute("value") for o in encoder.options] == ["colorhist", "random"]
     assert encoder.first_selected_option.get_attribute("value") == "random"  # the engine's default
@@ -138,11 +146,66 @@ def test_upload_filter_detail_more_like_this_and_compare(
     assert settings_in_url(driver)["compare"] == ["1"]
 
 
+def test_like_and_unlike_steer_the_next_search(driver: WebDriver, page: tuple[str, Path]) -> None:
+    url, query = page
+    open_page(driver, url)
+    file_input = driver.find_element(By.ID, "file")
+    assert search_after(driver, lambda: file_input.send_keys(str(query))) == "done"
+    bar = driver.find_element(By.ID, "feedback-bar")
+    assert not bar.is_displayed()
+    first, second = driver.find_elements(By.CSS_SELECTOR, "#results .card")[:2]
+    liked, unliked = first.get_attribute("data-id"), second.get_attribute("data-id")
+    like = first.find_element(By.CSS_SELECTOR, ".like-btn")
+    assert like.get_attribute("aria-label") == "more like this"
+    like.click()
+    second.find_element(By.CSS_SELECTOR, ".unlike-btn").click()
+    assert driver.find_element(By.ID, "detail").get_attribute("open") is None  # marking opens nothing
+    assert (
+        "active" in (like.get_attribute("class") or "").split()
+        and like.get_attribute("aria-pressed") == "true"
+    )
+    assert bar.is_displayed() and "1 liked, 1 unliked" in bar.text
+
+    assert search_after(driver, driver.find_element(By.ID, "feedback-search").click) == "done"
+    shown = {c["id"] for c in cards(driver)}
+    assert len(shown) >= K and not shown & {liked, unliked}  # the engine leaves marked tiles out
+    assert "1 liked, 1 unliked" in bar.text  # the marks stay for the next round
+    marks = driver.find_elements(By.CSS_SELECTOR, "#feedback-marks .mark")
+    assert {m.get_attribute("data-id") for m in marks} == {liked, unliked}
+    assert "feedback" in driver.find_element(By.ID, "status").text
+
+    assert search_after(driver, driver.find_element(By.ID, "feedback-clear").click) == "done"
+    assert not bar.is_displayed() and liked in {c["id"] for c in cards(driver)}
+
+
+def test_fused_encoders_show_who_found_each_hit_and_refusals_show(
+    driver: WebDriver, page: tuple[str, Path]
+) -> None:
+    url, query = page
+    open_page(driver, url)
+    file_input = driver.find_element(By.ID, "file")
+    assert search_after(driver, lambda: file_input.send_keys(str(query))) == "done"
+    for name in ("colorhist", "random"):
+        box = driver.find_element(By.CSS_SELECTOR, f"#fuse-encoders input[value={name}]")
+        assert search_after(driver, box.click) == "done"
+    assert settings_in_url(driver)["fuse"] == ["colorhist", "random"]
+    assert not driver.find_element(By.ID, "encoder").is_enabled()
+    lines = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results .card .found-by")]
+    assert len(lines) >= K and all(line.startswith("found by: ") for line in lines)
+    assert "fused by RRF" in driver.find_element(By.ID, "status").text
+
+    diversity = driver.find_element(By.ID, "diversity")  # MMR re-ranks one encoder: the engine says no
+    assert search_after(driver, lambda: diversity.send_keys("0.5", Keys.TAB)) == "error"
+    error = driver.find_element(By.ID, "error")
+    assert error.is_displayed() and "diversity" in error.text
+    assert settings_in_url(driver)["diversity"] == ["0.5"]
+
+
 def test_a_bad_upload_shows_the_servers_message(
     driver: WebDriver, page: tuple[str, Path], tmp_path: Path
 ) -> None:
     url, _ = page
-    driver.get(url)
+    open_page(driver, url)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     file_input = driver.find_element(By.ID, "file")
@@ -190,7 +253,7 @@ def slide_page(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> It
 
 def test_where_in_this_slide_shows_the_heatmap(driver: WebDriver, slide_page: tuple[str, Path]) -> None:
     url, query = slide_page
-    driver.get(url)
+    open_page(driver, url)
     file_input = driver.find_element(By.ID, "file")
     assert search_after(driver, lambda: file_input.send_keys(str(query))) == "done"
     driver.find_element(By.CSS_SELECTOR, "#results .card").click()

@@ -19,7 +19,7 @@ from histo.data.tiling import TilingConfig
 from histo.embedding import Embedder
 from histo.encoders.baselines import make_baseline_artifact
 from histo.ingest import Ingestor, ingest
-from histo.search import SearchEngine
+from histo.search import Feedback, SearchEngine
 from histo.settings import GrpcSettings, get_settings
 from histo.store import EdgeStore, SearchFilter, open_store
 from services.search.server import create_server
@@ -123,6 +123,11 @@ def test_search_by_id(home: Path) -> None:
         (["IMAGE", "-e", "nnclr"], "unknown encoder 'nnclr'; choose one of: colorhist, random"),
         (["--id", "00000000-0000-4000-8000-000000000000"], "is not in the index"),
         (["NOT_AN_IMAGE"], "not_an_image.png: not a recognised image format"),
+        (["--unlike", "00000000-0000-4000-8000-000000000000"], "give a query image or --id"),
+        (["--like", "00000000-0000-4000-8000-000000000000"], "not in the index"),
+        (["IMAGE", "-e", "colorhist", "-e", "random", "--diverse", "0.5"], "several encoders"),
+        (["IMAGE", "--slides", "-e", "colorhist", "-e", "random"], "slide search takes one --encoder"),
+        (["IMAGE", "--like-image", "/nonexistent/like.png"], "no such image file"),
     ],
 )
 def test_errors_are_one_red_line(home: Path, tmp_path: Path, args: list[str], message: str) -> None:
@@ -137,6 +142,47 @@ def test_errors_are_one_red_line(home: Path, tmp_path: Path, args: list[str], me
 
 def test_top_k_is_validated(home: Path) -> None:
     assert runner.invoke(app, ["search", str(query_image(home)), "-k", "0"]).exit_code == 2
+    assert runner.invoke(app, ["search", str(query_image(home)), "--diverse", "1.5"]).exit_code == 2
+    assert runner.invoke(app, ["search", str(query_image(home)), "--fusion", "max"]).exit_code == 2
+
+
+def test_fused_search_names_the_encoders_that_found_each_hit(home: Path) -> None:
+    image = str(query_image(home))
+    report = search_json(image, "-e", "colorhist", "-e", "random", "--fusion", "dbsf", "-k", "5")
+    assert report["encoders"] == ["colorhist", "random"] and report["fusion"] == "dbsf"
+    assert len(report["hits"]) == 5 and all(
+        set(h["found_by"]) <= {"colorhist", "random"} for h in report["hits"]
+    )
+    assert all(h["found_by"] for h in report["hits"])
+    table = runner.invoke(
+        app, ["search", image, "-e", "colorhist", "-e", "random", "-k", "3"], env={"COLUMNS": "250"}
+    )
+    assert table.exit_code == 0, table.output
+    assert "with colorhist+random fused by rrf" in table.output and "found by" in table.output
+
+
+def test_like_and_unlike_refine_and_leave_out_the_examples(home: Path) -> None:
+    first = search_json(str(query_image(home)), "-k", "6", "-e", "colorhist")["hits"]
+    liked, unliked = first[1]["id"], first[2]["id"]
+    refined = search_json(
+        str(query_image(home)), "-e", "colorhist", "--like", liked, "--unlike", unliked, "-k", "6"
+    )
+    ids = {h["id"] for h in refined["hits"]}
+    assert len(ids) == 6 and not {liked, unliked} & ids
+    alone = search_json("--like", liked, "--strategy", "best_score", "-k", "4")
+    assert len(alone["hits"]) == 4 and liked not in {h["id"] for h in alone["hits"]}
+    by_image = search_json("--like-image", str(query_image(home)), "-e", "colorhist", "-k", "3")
+    assert by_image["hits"][0]["payload"]["image_id"] == "n001"  # the liked image is indexed
+
+
+def test_diverse_reorders_the_nearest_tiles(home: Path) -> None:
+    base = search_json("--id", search_json(str(query_image(home)), "-k", "1")["hits"][0]["id"], "-k", "8")
+    query = base["hits"][0]["id"]
+    plain = search_json("--id", query, "-e", "colorhist", "-k", "8", "--exact")
+    zero = search_json("--id", query, "-e", "colorhist", "-k", "8", "--diverse", "0")
+    diverse = search_json("--id", query, "-e", "colorhist", "-k", "8", "--diverse", "0.9")
+    assert [h["id"] for h in zero["hits"]] == [h["id"] for h in plain["hits"]]
+    assert [h["id"] for h in diverse["hits"]] != [h["id"] for h in plain["hits"]]
 
 
 def test_owned_index_says_so_and_suggests_server(home: Path) -> None:
@@ -168,11 +214,23 @@ def test_server_results_equal_in_process_results(home: Path, served: tuple[Searc
     for args, kwargs in (
         (["-k", "6"], {"top_k": 6}),
         (["-e", "colorhist", "-l", "Normal", "--per-image", "1"], {"encoder": "colorhist", "per_image": 1}),
+        (["-e", "colorhist", "-e", "random", "-k", "5"], {"encoders": ["colorhist", "random"], "top_k": 5}),
     ):
         report = search_json(str(image), "--server", f"127.0.0.1:{port}", "--exact", *args)
         flt = SearchFilter(labels=("Normal",)) if "Normal" in args else None
         local = engine.search(image=image.read_bytes(), exact=True, filter=flt, **kwargs).as_dict()
         assert report["hits"] == local["hits"] and report["query_boxes"] == local["query_boxes"]
+    liked = report["hits"][1]["id"]
+    remote = search_json(
+        "--server", f"127.0.0.1:{port}", "--like", liked, "--strategy", "sum_scores", "-k", "4"
+    )
+    local = engine.search(feedback=Feedback(like=(liked,), strategy="sum_scores"), top_k=4).as_dict()
+    assert remote["hits"] == local["hits"] and liked not in {h["id"] for h in remote["hits"]}
+    diverse = search_json(str(image), "--server", f"127.0.0.1:{port}", "--diverse", "0.6", "-e", "colorhist")
+    assert (
+        diverse["hits"]
+        == engine.search(image=image.read_bytes(), encoder="colorhist", diversity=0.6).as_dict()["hits"]
+    )
     table = runner.invoke(app, ["search", str(image), "--server", f"127.0.0.1:{port}"])
     assert table.exit_code == 0 and "10 hits for" in table.output
 

@@ -16,6 +16,7 @@ import pytest
 
 from histo.errors import InvalidInputError, StoreLockedError, StoreUnavailableError, UnknownNameError
 from histo.store import EdgeStore, Point, SearchFilter, ServerStore, VectorStore, open_store
+from histo.store.base import RRF_K, STRATEGIES, Hit, Leg
 
 N = 500
 NS = uuid.UUID("5b8f3c1e-2a44-4e0b-8c7d-0f9e6d5a4b21")
@@ -252,3 +253,145 @@ def test_scroll_returns_every_matching_point_on_both_backends(tmp_path: Path) ->
             )
             seen.append(sorted(r.id for r in only_a))
         assert seen[0] == seen[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# Beyond one vector: fusion, recommendation and MMR through each engine's own query API
+# ------------------------------------------------------------------------------------------------
+
+
+def assert_same_hits(got_edge: list[Hit], got_server: list[Hit]) -> None:
+    assert [h.id for h in got_edge] == [h.id for h in got_server]
+    np.testing.assert_allclose([h.score for h in got_edge], [h.score for h in got_server], atol=1e-5, rtol=0)
+    assert [h.sources for h in got_edge] == [h.sources for h in got_server]
+    assert [h.payload for h in got_edge] == [h.payload for h in got_server]
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "dbsf"])
+def test_fusion_gives_the_same_hits_and_sources_on_both_backends(
+    pair: tuple[VectorStore, VectorStore], fusion: str
+) -> None:
+    rng = np.random.default_rng(5)
+    compared = 0
+    for _ in range(4):
+        legs = [Leg("a", rng.standard_normal(8)), Leg("b", rng.standard_normal(16))]
+        for flt in FILTERS:
+            got = [store.query(legs, 15, flt, fusion=fusion, depth=40) for store in pair]
+            assert_same_hits(*got)
+            compared += len(got[0])
+    assert compared > 300
+
+
+def test_rrf_scores_are_reciprocal_ranks_of_each_vectors_list(pair: tuple[VectorStore, VectorStore]) -> None:
+    """The engine's fused score is sum 1 / (60 + rank), rank from 0, over the lists that hold a
+    point, and a hit's sources are exactly those lists."""
+    edge, _ = pair
+    rng = np.random.default_rng(9)
+    qa, qb = rng.standard_normal(8), rng.standard_normal(16)
+    flt = SearchFilter(dataset="bach")
+    lists = {name: [h.id for h in edge.search(name, q, 30, flt)] for name, q in (("a", qa), ("b", qb))}
+    fused = edge.query([Leg("a", qa), Leg("b", qb)], 20, flt, depth=30)
+    assert len(fused) == 20
+    for hit in fused:
+        ranks = {name: ids.index(hit.id) for name, ids in lists.items() if hit.id in ids}
+        assert hit.sources == tuple(ranks)
+        assert hit.score == pytest.approx(sum(1 / (RRF_K + r) for r in ranks.values()), rel=1e-5)
+    assert any(len(h.sources) == 2 for h in fused) and any(len(h.sources) == 1 for h in fused)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_recommendations_agree_on_both_backends(pair: tuple[VectorStore, VectorStore], strategy: str) -> None:
+    edge, _ = pair
+    records = edge.retrieve([pid_of(k) for k in range(5)], with_vectors=["a", "b"])
+    pos_a = tuple(r.vectors["a"] for r in records[:3])
+    neg_a = tuple(r.vectors["a"] for r in records[3:])
+    examples = tuple(r.id for r in records)  # excluded, as histo's engine excludes them
+    for negatives in ((), neg_a):
+        for flt in FILTERS[:4]:
+            leg = Leg("a", positives=pos_a, negatives=negatives, strategy=strategy)
+            flt = SearchFilter(exclude_point_ids=examples) if flt is None else flt
+            assert_same_hits(*(store.query([leg], 12, flt) for store in pair))
+    fused = [
+        Leg("a", positives=pos_a, negatives=neg_a, strategy=strategy),
+        Leg("b", positives=(records[0].vectors["b"],), strategy=strategy),
+    ]
+    hits = [store.query(fused, 12, SearchFilter(exclude_point_ids=examples)) for store in pair]
+    assert_same_hits(*hits)
+    assert not set(examples) & {h.id for h in hits[0]}
+
+
+def test_average_vector_is_the_nearest_query_to_qdrants_average(
+    pair: tuple[VectorStore, VectorStore],
+) -> None:
+    edge, _ = pair
+    pos = [np.asarray(r.vectors["a"]) for r in edge.retrieve([pid_of(1), pid_of(2)], with_vectors=["a"])]
+    neg = np.asarray(edge.retrieve([pid_of(3)], with_vectors=["a"])[0].vectors["a"])
+    target = 2 * (pos[0] + pos[1]) / 2 - neg
+    recommended = edge.query(
+        [Leg("a", positives=tuple(pos), negatives=(neg,), strategy="average_vector")], 10
+    )
+    assert [h.id for h in recommended] == [h.id for h in edge.search("a", target, 10)]
+
+
+def test_best_score_ranks_by_the_best_positive_when_it_beats_every_negative(
+    pair: tuple[VectorStore, VectorStore],
+) -> None:
+    edge, _ = pair
+    rng = np.random.default_rng(3)
+    pos, neg = rng.standard_normal((2, 8)), rng.standard_normal((1, 8))
+    leg = Leg("a", positives=tuple(pos), negatives=tuple(neg), strategy="best_score")
+    hits = edge.query([leg], 5, exact=True)
+    best_pos = max(edge.search("a", p, 1, exact=True)[0].score for p in pos)
+    # Qdrant maps that similarity s into (0.5, 1) by a fast sigmoid, 0.5 + 0.5 * s / (1 + |s|)
+    assert hits[0].score == pytest.approx(0.5 + 0.5 * best_pos / (1 + abs(best_pos)), abs=1e-5)
+
+
+@pytest.mark.parametrize("diversity", [0.0, 0.5, 0.9])
+def test_mmr_agrees_on_both_backends_and_zero_diversity_is_plain_ranking(
+    pair: tuple[VectorStore, VectorStore], diversity: float
+) -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(3):
+        query = rng.standard_normal(8)
+        for flt in FILTERS[:3]:
+            got = [store.query([Leg("a", query, diversity=diversity)], 10, flt) for store in pair]
+            assert_same_hits(*got)
+            plain = pair[0].search("a", query, 10, flt)
+            if diversity == 0.0:
+                assert [h.id for h in got[0]] == [h.id for h in plain]
+            elif diversity == 0.9:
+                assert [h.id for h in got[0]] != [h.id for h in plain]
+
+
+QUERY_ERRORS: list[tuple[str, Callable[[VectorStore], object], type[Exception]]] = [
+    ("no legs", lambda s: s.query([], 5), InvalidInputError),
+    (
+        "unknown fusion",
+        lambda s: s.query([Leg("a", [1.0] * 8), Leg("b", [1.0] * 16)], 5, fusion="max"),
+        UnknownNameError,
+    ),
+    (
+        "unknown strategy",
+        lambda s: s.query([Leg("a", positives=([1.0] * 8,), strategy="best")], 5),
+        UnknownNameError,
+    ),
+    ("negatives only", lambda s: s.query([Leg("a", negatives=([1.0] * 8,))], 5), InvalidInputError),
+    ("diversity above 1", lambda s: s.query([Leg("a", [1.0] * 8, diversity=1.5)], 5), InvalidInputError),
+    ("a vector twice", lambda s: s.query([Leg("a", [1.0] * 8), Leg("a", [2.0] * 8)], 5), InvalidInputError),
+    (
+        "example of the wrong size",
+        lambda s: s.query([Leg("b", positives=([1.0] * 8,))], 5),
+        InvalidInputError,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", [c[0] for c in QUERY_ERRORS])
+def test_same_query_errors(pair: tuple[VectorStore, VectorStore], case: str) -> None:
+    _, call, error = next(c for c in QUERY_ERRORS if c[0] == case)
+    messages = []
+    for store in pair:
+        with pytest.raises(error) as info:
+            call(store)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]

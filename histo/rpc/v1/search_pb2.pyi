@@ -8,6 +8,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Fusion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FUSION_RRF: _ClassVar[Fusion]
+    FUSION_DBSF: _ClassVar[Fusion]
+FUSION_RRF: Fusion
+FUSION_DBSF: Fusion
+
 class Vector(_message.Message):
     __slots__ = ("values",)
     VALUES_FIELD_NUMBER: _ClassVar[int]
@@ -36,8 +43,30 @@ class Grouping(_message.Message):
     per_image: int
     def __init__(self, per_image: _Optional[int] = ...) -> None: ...
 
+class Feedback(_message.Message):
+    __slots__ = ("like", "unlike", "like_images", "unlike_images", "strategy")
+    class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        AVERAGE_VECTOR: _ClassVar[Feedback.Strategy]
+        BEST_SCORE: _ClassVar[Feedback.Strategy]
+        SUM_SCORES: _ClassVar[Feedback.Strategy]
+    AVERAGE_VECTOR: Feedback.Strategy
+    BEST_SCORE: Feedback.Strategy
+    SUM_SCORES: Feedback.Strategy
+    LIKE_FIELD_NUMBER: _ClassVar[int]
+    UNLIKE_FIELD_NUMBER: _ClassVar[int]
+    LIKE_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    UNLIKE_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    like: _containers.RepeatedScalarFieldContainer[str]
+    unlike: _containers.RepeatedScalarFieldContainer[str]
+    like_images: _containers.RepeatedScalarFieldContainer[bytes]
+    unlike_images: _containers.RepeatedScalarFieldContainer[bytes]
+    strategy: Feedback.Strategy
+    def __init__(self, like: _Optional[_Iterable[str]] = ..., unlike: _Optional[_Iterable[str]] = ..., like_images: _Optional[_Iterable[bytes]] = ..., unlike_images: _Optional[_Iterable[bytes]] = ..., strategy: _Optional[_Union[Feedback.Strategy, str]] = ...) -> None: ...
+
 class SearchRequest(_message.Message):
-    __slots__ = ("image", "point_id", "vector", "encoder", "top_k", "filter", "grouping", "include_same_image", "mpp", "exact")
+    __slots__ = ("image", "point_id", "vector", "encoder", "top_k", "filter", "grouping", "include_same_image", "mpp", "exact", "encoders", "fusion", "feedback", "diversity")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     POINT_ID_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +77,10 @@ class SearchRequest(_message.Message):
     INCLUDE_SAME_IMAGE_FIELD_NUMBER: _ClassVar[int]
     MPP_FIELD_NUMBER: _ClassVar[int]
     EXACT_FIELD_NUMBER: _ClassVar[int]
+    ENCODERS_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     point_id: str
     vector: Vector
@@ -58,7 +91,11 @@ class SearchRequest(_message.Message):
     include_same_image: bool
     mpp: float
     exact: bool
-    def __init__(self, image: _Optional[bytes] = ..., point_id: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., encoder: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., grouping: _Optional[_Union[Grouping, _Mapping]] = ..., include_same_image: _Optional[bool] = ..., mpp: _Optional[float] = ..., exact: _Optional[bool] = ...) -> None: ...
+    encoders: _containers.RepeatedScalarFieldContainer[str]
+    fusion: Fusion
+    feedback: Feedback
+    diversity: float
+    def __init__(self, image: _Optional[bytes] = ..., point_id: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., encoder: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., grouping: _Optional[_Union[Grouping, _Mapping]] = ..., include_same_image: _Optional[bool] = ..., mpp: _Optional[float] = ..., exact: _Optional[bool] = ..., encoders: _Optional[_Iterable[str]] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., feedback: _Optional[_Union[Feedback, _Mapping]] = ..., diversity: _Optional[float] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("x", "y", "w", "h")
@@ -73,28 +110,34 @@ class Box(_message.Message):
     def __init__(self, x: _Optional[int] = ..., y: _Optional[int] = ..., w: _Optional[int] = ..., h: _Optional[int] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "score", "payload", "query_tile")
+    __slots__ = ("id", "score", "payload", "query_tile", "found_by")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     QUERY_TILE_FIELD_NUMBER: _ClassVar[int]
+    FOUND_BY_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     payload: _struct_pb2.Struct
     query_tile: int
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., query_tile: _Optional[int] = ...) -> None: ...
+    found_by: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., query_tile: _Optional[int] = ..., found_by: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "encoder", "took_ms", "query_boxes")
+    __slots__ = ("hits", "encoder", "took_ms", "query_boxes", "encoders", "fusion")
     HITS_FIELD_NUMBER: _ClassVar[int]
     ENCODER_FIELD_NUMBER: _ClassVar[int]
     TOOK_MS_FIELD_NUMBER: _ClassVar[int]
     QUERY_BOXES_FIELD_NUMBER: _ClassVar[int]
+    ENCODERS_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     encoder: str
     took_ms: float
     query_boxes: _containers.RepeatedCompositeFieldContainer[Box]
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., encoder: _Optional[str] = ..., took_ms: _Optional[float] = ..., query_boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ...) -> None: ...
+    encoders: _containers.RepeatedScalarFieldContainer[str]
+    fusion: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., encoder: _Optional[str] = ..., took_ms: _Optional[float] = ..., query_boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., encoders: _Optional[_Iterable[str]] = ..., fusion: _Optional[str] = ...) -> None: ...
 
 class ListEncodersRequest(_message.Message):
     __slots__ = ()

@@ -1,4 +1,5 @@
-// histo web front-end: query upload, filters, result grid, encoder comparison, tile detail.
+// histo web front-end: query upload, filters, result grid, encoder comparison, tile detail,
+// fused encoders, diversity, and relevance feedback ("more / less like this" on each card).
 // Plain DOM code; server data is only ever written with textContent / attributes.
 "use strict";
 
@@ -14,7 +15,12 @@ const state = {
   mainBoxes: [],    // boxes of the selected encoder's answer (compare rows may differ)
   size: null,       // {width, height} of the original query image
   detailHit: null,  // hit shown in the detail dialog
+  marks: new Map(), // point id -> "like" | "unlike": kept across feedback rounds until cleared
+  feedbackOn: false, // searches send the marks once "Search with feedback" was pressed
 };
+
+// Search fields sent as lists (repeated in a form, arrays in JSON), as the API reads them.
+const LIST_FIELDS = new Set(["encoders", "labels", "like", "unlike"]);
 
 /* ---------- helpers ---------- */
 
@@ -94,6 +100,12 @@ function intFrom(input, min, max, fallback) {
   return Math.min(max, Math.max(min, n));
 }
 
+// The diversity input as a number above 0, or null for off (the engine judges the range).
+function diversityFrom(input) {
+  const n = Number(input.value);
+  return input.value.trim() !== "" && Number.isFinite(n) && n > 0 ? n : null;
+}
+
 function showError(message) {
   const box = $("#error");
   box.textContent = message || "";
@@ -157,6 +169,23 @@ function renderEncoders() {
   const def = state.encoders.find((e) => e.is_default);
   if (def) select.value = def.name;
   renderEncoderInfo();
+  renderFuse();
+}
+
+const checkedFuse = () =>
+  [...document.querySelectorAll('#fuse-encoders input[name="fuse"]:checked')].map((i) => i.value);
+
+// One checkbox per encoder: two or more checked are searched together as one fused ranking.
+function renderFuse(keep = checkedFuse()) {
+  $("#fuse-encoders").replaceChildren(...state.encoders.map((e) => el("label", {},
+    el("input", { type: "checkbox", name: "fuse", value: e.name, checked: keep.includes(e.name) }),
+    ` ${e.name}`)));
+  syncFuse();
+}
+
+// While encoders are fused the single-encoder select does not apply: say so by disabling it.
+function syncFuse() {
+  $("#encoder").disabled = checkedFuse().length > 1;
 }
 
 // A short line under the select so users know what the encoder is.
@@ -210,17 +239,28 @@ function readControls() {
     labels: checkedLabels(),
     topK: intFrom($("#top-k"), 1, 1000, 10),
     perImage: intFrom($("#per-image"), 1, 1e6, null),
+    fuse: checkedFuse(),
+    fusion: $("#fusion").value,
+    diversity: diversityFrom($("#diversity")),
+    marks: state.feedbackOn ? [...state.marks] : [],
   };
 }
 
-// The query's settings as a URL: ?encoder=..&dataset=..&label=A&k=10&per_image=2&id=..&compare=1
+// The encoders one search uses: the fused ones when 2+ are checked, else the selected one.
+const encodersOf = (c) => (c.fuse.length > 1 ? c.fuse : [c.encoder].filter(Boolean));
+
+// The query's settings as a URL:
+// ?encoder=..&fuse=a&fuse=b&fusion=dbsf&dataset=..&label=A&k=10&per_image=2&diversity=0.5&id=..&compare=1
 function urlFor(c) {
   const p = new URLSearchParams();
   if (c.encoder) p.set("encoder", c.encoder);
+  for (const name of c.fuse) p.append("fuse", name);
+  if (c.fusion !== "rrf") p.set("fusion", c.fusion);
   if (c.dataset) p.set("dataset", c.dataset);
   for (const label of c.labels) p.append("label", label);
   p.set("k", String(c.topK));
   if (c.perImage) p.set("per_image", String(c.perImage));
+  if (c.diversity !== null) p.set("diversity", String(c.diversity));
   if (state.query?.kind === "point") p.set("id", state.query.id);
   if (state.compare) p.set("compare", "1");
   return location.pathname + "?" + p.toString();
@@ -239,6 +279,9 @@ function applyUrl() {
   const enc = p.get("encoder");
   if (enc && state.encoders.some((e) => e.name === enc)) $("#encoder").value = enc;
   renderEncoderInfo();
+  renderFuse(p.getAll("fuse"));
+  $("#fusion").value = p.get("fusion") === "dbsf" ? "dbsf" : "rrf";
+  $("#diversity").value = p.get("diversity") || "";
   const ds = p.get("dataset") || "";
   $("#dataset").value = ds in (state.stats.datasets || {}) ? ds : "";
   renderLabels(p.getAll("label"));
@@ -264,12 +307,13 @@ function setCompareMode(on) {
 
 /* ---------- the query ---------- */
 
-// Replace the current query; frees the old preview's object URL.
+// Replace the current query; frees the old preview's object URL. Marks belong to one query.
 function setQuery(query) {
   const old = state.query;
   if (old && old !== query && old.preview) {
     old.preview.then((p) => URL.revokeObjectURL(p.url), () => {});
   }
+  if (old !== query) resetMarks();
   state.query = query;
   state.boxes = state.mainBoxes = [];
   state.size = null;
@@ -359,23 +403,37 @@ function selectFile(file) {
 
 /* ---------- searching ---------- */
 
-// One /api/search request for the current query with one encoder.
-function searchRequest(query, c, encoder) {
+// The search's fields as [name, value] pairs; list fields repeat their name.
+function searchFields(c, encoders) {
+  const fields = [["top_k", c.topK]];
+  if (encoders.length > 1) {
+    for (const name of encoders) fields.push(["encoders", name]);
+    fields.push(["fusion", c.fusion]);
+  } else if (encoders.length) {
+    fields.push(["encoder", encoders[0]]);
+  }
+  if (c.dataset) fields.push(["dataset", c.dataset]);
+  for (const label of c.labels) fields.push(["labels", label]);
+  if (c.perImage) fields.push(["per_image", c.perImage]);
+  if (c.diversity !== null) fields.push(["diversity", c.diversity]);
+  for (const [id, kind] of c.marks) fields.push([kind, id]);
+  return fields;
+}
+
+// One /api/search request for the current query: a form with the file, or JSON with the point id.
+function searchRequest(query, c, encoders) {
+  const fields = searchFields(c, encoders);
   if (query.kind === "file") {
     const form = new FormData();
     form.append("image", query.file, query.file.name);
-    if (encoder) form.append("encoder", encoder);
-    form.append("top_k", String(c.topK));
-    if (c.dataset) form.append("dataset", c.dataset);
-    for (const label of c.labels) form.append("labels", label);
-    if (c.perImage) form.append("per_image", String(c.perImage));
+    for (const [name, value] of fields) form.append(name, String(value));
     return apiJson("/api/search", { method: "POST", body: form });
   }
-  const body = { point_id: query.id, top_k: c.topK };
-  if (encoder) body.encoder = encoder;
-  if (c.dataset) body.dataset = c.dataset;
-  if (c.labels.length) body.labels = c.labels;
-  if (c.perImage) body.per_image = c.perImage;
+  const body = { point_id: query.id };
+  for (const [name, value] of fields) {
+    if (LIST_FIELDS.has(name)) (body[name] ||= []).push(value);
+    else body[name] = value;
+  }
   return apiJson("/api/search", {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
   });
@@ -406,14 +464,17 @@ async function runSearch() {
 
 // Single-encoder search: preview and results arrive together.
 async function runSingle(seq, query, c, preview) {
-  const [res, pv] = await Promise.all([searchRequest(query, c, c.encoder), preview]);
+  const [res, pv] = await Promise.all([searchRequest(query, c, encodersOf(c)), preview]);
   if (seq !== state.seq) return;
   showQueryResult(query, res, pv);
   const boxes = res.query_boxes || [];
-  $("#results").replaceChildren(...res.hits.map((hit, i) => makeCard(hit, i + 1, boxes)));
+  const fused = Boolean(res.fusion);
+  $("#results").replaceChildren(...res.hits.map((hit, i) => makeCard(hit, i + 1, boxes, fused)));
   if (!res.hits.length) $("#results").append(el("p", { class: "empty", text: "No hits — try fewer filters." }));
   const n = res.hits.length;
-  setStatus(`${n} hit${n === 1 ? "" : "s"} in ${Math.round(res.took_ms)} ms with ${res.encoder}`);
+  const how = fused ? `${(res.encoders || []).join(" + ")} fused by ${res.fusion.toUpperCase()}` : res.encoder;
+  const fb = c.marks.length ? `, feedback: ${feedbackText(new Map(c.marks))}` : "";
+  setStatus(`${n} hit${n === 1 ? "" : "s"} in ${Math.round(res.took_ms)} ms with ${how}${fb}`);
 }
 
 // Update the query panel from a response (tile count, boxes, label of a point query).
@@ -436,7 +497,7 @@ async function runCompare(seq, query, c, preview) {
   }
   const rows = state.encoders.map((enc) => makeRow(enc, enc.name === c.encoder));
   view.replaceChildren(...rows);
-  const jobs = state.encoders.map((enc, i) => searchRequest(query, c, enc.name).then(
+  const jobs = state.encoders.map((enc, i) => searchRequest(query, c, [enc.name]).then(
     (res) => { if (seq === state.seq) fillRow(rows[i], enc, res); return res; },
     (err) => { if (seq === state.seq) failRow(rows[i], err); throw err; }));
   const [settled, pv] = await Promise.all([Promise.allSettled(jobs), preview]);
@@ -492,12 +553,14 @@ function majority(hits) {
 
 /* ---------- cards and detail ---------- */
 
-// One result card; click/Enter opens the detail, hover/focus shows its query tile.
-function makeCard(hit, rank, boxes) {
+// One result card; click/Enter opens the detail, hover/focus shows its query tile. A group,
+// not a button: its like / unlike buttons must stay reachable. Fused hits say who found them.
+function makeCard(hit, rank, boxes, fused = false) {
   const p = hit.payload || {};
   const card = el("div", {
     class: "card", "data-id": hit.id, "data-label": p.label ?? "", "data-dataset": p.dataset ?? "",
-    tabindex: 0, role: "button", "aria-label": `rank ${rank}, ${p.label ?? ""}, ${p.dataset ?? ""}, score ${fmtScore(hit.score)}`,
+    tabindex: 0, role: "group",
+    "aria-label": `rank ${rank}, ${p.label ?? ""}, ${p.dataset ?? ""}, score ${fmtScore(hit.score)}; Enter opens details`,
   },
   el("img", {
     class: "tile", src: tileUrl(hit.id, 160), width: 160, height: 160,
@@ -510,9 +573,12 @@ function makeCard(hit, rank, boxes) {
       el("span", { class: "score", text: fmtScore(hit.score) })),
     el("span", { class: "label", text: p.label ?? "—" }),
     el("span", { class: "dataset", text: p.dataset ?? "" }),
-    el("span", { class: "image-id", text: imageText(p) })));
+    el("span", { class: "image-id", text: imageText(p) }),
+    fused ? el("span", { class: "found-by", text: "found by: " + (hit.found_by || []).join(", ") }) : null),
+  markButtons(hit.id));
   card.addEventListener("click", () => openDetail(hit));
   card.addEventListener("keydown", (e) => {
+    if (e.target !== card) return;  // Enter / Space on a like button is that button's
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); openDetail(hit); }
   });
   if (Number.isInteger(hit.query_tile)) {
@@ -523,7 +589,84 @@ function makeCard(hit, rank, boxes) {
     card.addEventListener("mouseleave", off);
     card.addEventListener("blur", off);
   }
+  paintCard(card);
   return card;
+}
+
+/* ---------- relevance feedback ---------- */
+
+// The card's "more / less like this" toggles; a click marks the tile without opening the detail.
+function markButtons(id) {
+  const button = (kind, symbol, words) => {
+    const b = el("button", {
+      type: "button", class: `${kind}-btn`, "data-kind": kind, "aria-label": words, title: words,
+    }, `${symbol} ${kind === "like" ? "more" : "less"}`);
+    b.addEventListener("click", (e) => { e.stopPropagation(); toggleMark(id, kind); });
+    return b;
+  };
+  return el("div", { class: "card-actions" },
+    // "+" and U+2212: in every font, where emoji need an emoji font (headless Chromium has none)
+    button("like", "+", "more like this"), button("unlike", "\u2212", "less like this"));
+}
+
+// Like, unlike or take back a mark (a tile is never both: the engine refuses that).
+function toggleMark(id, kind) {
+  if (state.marks.get(id) === kind) state.marks.delete(id);
+  else state.marks.set(id, kind);
+  if (!state.marks.size) state.feedbackOn = false;
+  renderMarks();
+}
+
+// A new query starts without marks.
+function resetMarks() {
+  state.marks.clear();
+  state.feedbackOn = false;
+  renderMarks();
+}
+
+// Show a card's mark on it and on its toggles.
+function paintCard(card) {
+  const mark = state.marks.get(card.dataset.id);
+  card.classList.toggle("liked", mark === "like");
+  card.classList.toggle("unliked", mark === "unlike");
+  for (const b of card.querySelectorAll(".card-actions button")) {
+    b.classList.toggle("active", b.dataset.kind === mark);
+    b.setAttribute("aria-pressed", String(b.dataset.kind === mark));
+  }
+}
+
+// "2 liked, 1 unliked" for a map of marks.
+function feedbackText(marks = state.marks) {
+  const liked = [...marks.values()].filter((kind) => kind === "like").length;
+  return `${liked} liked, ${marks.size - liked} unliked`;
+}
+
+// The bar above the results and every card: marked tiles vanish from feedback results (the
+// engine excludes them), so the bar keeps their thumbnails, each a button to take the mark back.
+function renderMarks() {
+  document.querySelectorAll(".card").forEach(paintCard);
+  $("#feedback-bar").hidden = !state.marks.size;
+  $("#feedback-count").textContent = feedbackText();
+  $("#feedback-marks").replaceChildren(...[...state.marks].map(([id, kind]) => {
+    const words = `${kind === "like" ? "liked" : "unliked"} tile ${shortId(id)}, click to unmark`;
+    const chip = el("button", { type: "button", class: `mark ${kind}`, "data-id": id, title: words, "aria-label": words },
+      el("img", { src: tileUrl(id, 64), width: 32, height: 32, alt: "" }));
+    chip.addEventListener("click", () => toggleMark(id, kind));
+    return chip;
+  }));
+}
+
+// Re-run the current query steered by the marks, now and on every later change until cleared.
+function searchWithFeedback() {
+  state.feedbackOn = true;
+  runSearch();
+}
+
+// Drop every mark; if they were steering the results, search plainly again.
+function clearFeedback() {
+  const steered = state.feedbackOn;
+  resetMarks();
+  if (steered) runSearch();
 }
 
 // Show objects readably in the payload table.
@@ -609,6 +752,7 @@ function wireControls() {
   form.addEventListener("change", (e) => {
     if (e.target.id === "dataset") renderLabels();
     if (e.target.id === "encoder") renderEncoderInfo();
+    if (e.target.name === "fuse") syncFuse();
     syncUrl();
     runSearch();
   });
@@ -633,6 +777,8 @@ function wireEvents() {
   $("#detail-close").addEventListener("click", () => $("#detail").close());
   $("#more-like-this").addEventListener("click", moreLikeThis);
   $("#where-in-slide").addEventListener("click", whereInSlide);
+  $("#feedback-search").addEventListener("click", searchWithFeedback);
+  $("#feedback-clear").addEventListener("click", clearFeedback);
   $("#detail").addEventListener("click", (e) => {  // a click on the backdrop closes
     if (e.target === e.currentTarget) e.currentTarget.close();
   });
