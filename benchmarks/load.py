@@ -2,11 +2,13 @@
 
 The index and the server are ``benchmarks.query_image``'s (synthetic BRACS tiles embedded with
 the ``random`` and ``colorhist`` baselines, jittered copies up to ``points``; ``python -m
-services.search`` on a free loopback port, one torch thread per forward pass). Then ``clients``
-threads, each with its own channel, call ``Search`` back to back until the time is up: most by a
-stored tile's id, a share (``image_share``) by uploading a 224 px PNG tile, which the server embeds.
-Every call's latency and status code is recorded; nothing is retried, so an overloaded server shows
-up as errors (e.g. DEADLINE_EXCEEDED) rather than being hidden.
+services.search`` on a free loopback port). Each server set-up of ``SETUPS`` (histo's defaults;
+the set-up before them) is measured in four phases: one client by id (idle), ``clients`` by id
+only, ``clients`` calling back to back until the time is up — most by a stored tile's id, a share
+(``image_share``) by uploading a 224 px PNG tile, which the server embeds — and a few clients
+uploading only (embedding throughput). Every call's latency and status code is recorded; nothing is
+retried, so an overloaded server shows up as errors (e.g. DEADLINE_EXCEEDED) rather than being
+hidden.
 
     .venv/bin/python -m benchmarks.load [--quick] [--clients 32] [--seconds 30]
     .venv/bin/python -m benchmarks run --only load [--quick]
@@ -152,6 +154,22 @@ def _latency(ms: list[float]) -> dict[str, float]:
     return figures
 
 
+#: Server set-ups measured under the same load: histo's defaults (RPC threads that only wait while
+#: one embedding thread, using every core, batches the uploads), and the set-up before them (8 RPC
+#: threads, each embedding its own uploads with one torch thread); in full runs also the batching
+#: worker with one torch thread.
+SETUPS: dict[str, dict[str, Any]] = {
+    "isolated": {"settings": {}, "torch_threads": None},
+    "before": {"settings": {"HISTO_GRPC__WORKERS": "8", "HISTO_GRPC__EMBED_BATCH": "0"}, "torch_threads": 1},
+    "isolated_1_torch_thread": {"settings": {}, "torch_threads": 1, "full_only": True},
+}
+#: Seconds of the idle phase (one client, ids only) and of the uploads-only phase, and its clients.
+PHASES = {
+    "full": {"idle": 8.0, "uploads": 20.0, "upload_clients": 8},
+    "quick": {"idle": 1.0, "uploads": 2.0, "upload_clients": 2},
+}
+
+
 def run(
     quick: bool = False,
     *,
@@ -160,37 +178,53 @@ def run(
     image_share: float = 0.1,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Build the index, serve it, load it, stop it; return the figures."""
+    """Build the index; for each server set-up, serve it, measure it idle, under the mixed load
+    and with uploads only, stop it; return the figures (top level: histo's defaults)."""
     plan = dict(QUICK if quick else FULL)
     clients = int(clients or plan["clients"])
     seconds = float(seconds or plan["seconds"])
     if clients < 1 or seconds <= 0 or not 0.0 <= image_share <= 1.0:
         raise ValueError("clients must be >= 1, seconds > 0 and image_share within [0, 1]")
+    phases = PHASES["quick" if quick else "full"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     load_start = [round(x, 2) for x in os.getloadavg()]
+    setups: dict[str, dict[str, Any]] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="histo-load-") as folder:
             home = Path(folder)
             size = int(plan["input_size"])
             index = build_index(home, int(plan["points"]), int(plan["slides"]), seed, input_size=size)
             ids, tiles = query_material(home)
-            process, address = serve(home)
-            try:
-                with SearchClient(address, timeout=120) as probe:
-                    probe.wait_ready(300)
-                tallies, wall_s = hammer(address, clients, seconds, ids, tiles, image_share)
-            finally:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=120)
+            for name, setup in SETUPS.items():
+                if quick and setup.get("full_only"):
+                    continue
+                process, address = serve(home, setup["settings"], setup["torch_threads"])
+                try:
+                    with SearchClient(address, timeout=120) as probe:
+                        probe.wait_ready(300)
+                    setups[name] = phases_of(address, ids, tiles, clients, seconds, image_share, phases)
+                finally:
+                    process.send_signal(signal.SIGTERM)
+                    process.wait(timeout=120)
     finally:
         torch.set_num_threads(threads)
+    main = setups["isolated"]
     return {
         "clients": clients,
         "seconds": seconds,
         "image_share": image_share,
-        **report(tallies, wall_s),
-        "server": "python -m services.search on 127.0.0.1, 8 RPC threads, --torch-threads 1",
+        **main["load"],
+        "idle_by_id": main["idle"]["by_kind"]["by_id"],
+        "ids_only_by_id": main["ids_only"]["by_kind"]["by_id"],
+        "uploads": {name: s["uploads"] for name, s in setups.items()},
+        "setups": {name: s["load"] for name, s in setups.items()},
+        "ratios": ratios(setups),
+        "server": (
+            "python -m services.search on 127.0.0.1 with histo's defaults (HISTO_GRPC__WORKERS 64, "
+            "HISTO_GRPC__EMBED_BATCH 32, 5 ms; torch's threads); 'before': 8 RPC threads, no batching, "
+            "--torch-threads 1"
+        ),
         "index": index,
         "load_average_start": load_start,
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
@@ -200,6 +234,46 @@ def run(
             "ResNet-18 baseline with 4-orientation pooling (top 10); no call is retried"
         ),
     }
+
+
+def phases_of(
+    address: str,
+    ids: list[str],
+    tiles: list[bytes],
+    clients: int,
+    seconds: float,
+    image_share: float,
+    phases: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """One server's figures: idle (one client, ids), all clients by id only, the mixed load, and
+    uploads only."""
+    idle = report(*hammer(address, 1, phases["idle"], ids, tiles, 0.0))
+    ids_only = report(*hammer(address, clients, phases["idle"], ids, tiles, 0.0))
+    mixed = report(*hammer(address, clients, seconds, ids, tiles, image_share))
+    uploads = report(*hammer(address, phases["upload_clients"], phases["uploads"], ids, tiles, 1.0))
+    uploads["clients"] = phases["upload_clients"]
+    return {"idle": idle, "ids_only": ids_only, "load": mixed, "uploads": uploads}
+
+
+def ratios(setups: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The issue's goals as ratios: id-query p50 under load over idle, and upload throughput
+    against the set-up before, both for histo's defaults."""
+    main = setups["isolated"]
+    loaded = main["load"]["by_kind"].get("by_id", {}).get("p50_ms", 0.0)
+    idle = main["idle"]["by_kind"]["by_id"]["p50_ms"]
+    crowd = main["ids_only"]["by_kind"]["by_id"]["p50_ms"]
+    out = {
+        "id_p50_under_load_over_idle": round(loaded / idle, 2) if idle else 0.0,
+        # the uploads' own share: the same clients asking by id only
+        "id_p50_under_load_over_ids_only": round(loaded / crowd, 2) if crowd else 0.0,
+    }
+    before = setups.get("before")
+    if before:
+        old_qps, new_qps = before["uploads"]["qps"], main["uploads"]["qps"]
+        out["upload_throughput_over_before"] = round(new_qps / old_qps, 2) if old_qps else 0.0
+        old_id = before["load"]["by_kind"].get("by_id", {}).get("p50_ms", 0.0)
+        out["id_p50_under_load_before_over_now"] = round(old_id / loaded, 2) if loaded else 0.0
+    return out
 
 
 def rows(report: dict[str, Any]) -> list[Row]:
@@ -218,6 +292,20 @@ def rows(report: dict[str, Any]) -> list[Row]:
     ]
     for kind, figures in report["by_kind"].items():
         out.append(Row(f"{kind}: p50 / p99 ms", f"{figures['p50_ms']:.1f} / {figures['p99_ms']:.1f}"))
+    idle, ratio = report["idle_by_id"], report["ratios"]
+    out.append(
+        Row(
+            "by_id under load / idle p50",
+            f"{idle['p50_ms']:.1f} ms idle",
+            ratio=f"{ratio['id_p50_under_load_over_idle']:.2f}",
+        )
+    )
+    for name, figures in report["uploads"].items():
+        out.append(Row(f"uploads only, {figures['clients']} clients ({name}): calls/s", f"{figures['qps']}"))
+    if "upload_throughput_over_before" in ratio:
+        out.append(
+            Row("upload throughput, now / before", "", ratio=f"{ratio['upload_throughput_over_before']:.2f}")
+        )
     return out
 
 

@@ -104,12 +104,18 @@ def build_index(home: Path, points: int, slides: int, seed: int, input_size: int
     }
 
 
-def serve(home: Path) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "HISTO_HOME": str(home), "HISTO_GRPC__TOKEN": ""}
+def serve(
+    home: Path, settings: dict[str, str] | None = None, torch_threads: int | None = 1
+) -> tuple[subprocess.Popen[str], str]:
+    """``python -m services.search`` on a free loopback port over ``home``, with extra ``HISTO_*``
+    ``settings`` and ``torch_threads`` per forward pass (None: torch's choice, every core);
+    returns the process and its address."""
+    threads = ["--torch-threads", str(torch_threads)] if torch_threads else []
+    env = {**os.environ, "HISTO_HOME": str(home), "HISTO_GRPC__TOKEN": "", **(settings or {})}
     env.pop("HISTO_QDRANT__URL", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "services.search", "--host", "127.0.0.1", "--port", "0",
-         "--torch-threads", "1", "--log-level", "WARNING"],
+         *threads, "--log-level", "WARNING"],
         env=env,
         stdout=subprocess.PIPE,
         text=True,

@@ -83,7 +83,7 @@ def ingest(
     console.print(
         f"{summary.images} images, {summary.tiles} tiles: {summary.embedded} embedded, "
         f"{summary.skipped} skipped (already indexed), {len(summary.failed)} failed; "
-        f"{summary.tiles_per_second:.1f} tiles/s "
+        f"{summary.embedded_per_second:.1f} tiles embedded/s "
         f"with {', '.join(embedders)}"
     )
     if summary.mosaics:

@@ -27,7 +27,9 @@ def serve(
         help="Port to listen on; 0 picks a free one (HISTO_GRPC__PORT).",
     ),
     host: str | None = typer.Option(None, "--host", help="Address to bind (HISTO_GRPC__HOST, 127.0.0.1)."),
-    workers: int = typer.Option(8, "--workers", min=1, help="Threads answering calls."),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="Threads answering calls (HISTO_GRPC__WORKERS, 64)."
+    ),
     grace: float = typer.Option(5.0, "--grace", min=0.0, help="Seconds for calls in flight at shutdown."),
     torch_threads: int | None = typer.Option(
         None, "--torch-threads", min=1, help="Threads per forward pass (default: torch's choice)."
@@ -43,7 +45,7 @@ def serve(
             "--port",
             str(settings.grpc.port if port is None else port),
             "--workers",
-            str(workers),
+            str(workers or settings.grpc.workers),
             "--grace",
             str(grace),
             *(["--torch-threads", str(torch_threads)] if torch_threads else []),

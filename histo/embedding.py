@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -36,6 +37,18 @@ def pick_device(device: str | None = None) -> torch.device:
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class TileEmbedder(Protocol):
+    """What the search engine needs of an encoder: an ``Embedder``, or an ``EmbedBatcher`` over one."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def meta(self) -> ArtifactMeta: ...
+
+    def embed(self, tiles: np.ndarray) -> np.ndarray: ...
 
 
 class Embedder:

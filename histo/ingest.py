@@ -95,7 +95,13 @@ class IngestSummary:
 
     @property
     def tiles_per_second(self) -> float:
+        """Tiles through the whole run (cut, embedded or found indexed, written)."""
         return self.tiles / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def embedded_per_second(self) -> float:
+        """Tiles embedded per second of the run (what the model manages)."""
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -107,6 +113,7 @@ class IngestSummary:
             "failed": len(self.failed),
             "seconds": round(self.seconds, 2),
             "tiles_per_second": round(self.tiles_per_second, 1),
+            "embedded_per_second": round(self.embedded_per_second, 1),
             "slides": len(self.mosaics),
             "mosaic_tiles": sum(self.mosaics.values()),
             "failures": [{"path": p.path, "reason": p.reason} for p in self.failed],
@@ -264,10 +271,9 @@ def ingest(
             if item.last:
                 summary.images += 1
                 bar.update(1)
-            bar.set_postfix(
-                tiles=summary.tiles, tiles_s=f"{summary.tiles / (time.perf_counter() - started):.1f}"
-            )
+            bar.set_postfix_str(_rates(summary, time.perf_counter() - started), refresh=False)
         _flush(ingestor, pending, summary)
+        bar.set_postfix_str(_rates(summary, time.perf_counter() - started))  # the last batch counts
     slides = sorted({u.record.slide_id for u in units if u.boxes is not None and u.record.slide_id})
     if slides:
         summary.mosaics = build_mosaics(ingestor.store, ingestor.mosaic_encoder, dataset, slides)
@@ -276,6 +282,16 @@ def ingest(
     if failures_file is not None:
         write_failures(failures_file, summary.failed)
     return summary
+
+
+def _rates(summary: IngestSummary, seconds: float) -> str:
+    """The bar's figures: tiles embedded (the slow part) and their rate, not tiles cut, which the
+    loader yields far faster than the model embeds them (1,351 cut/s, then 9 embedded/s)."""
+    rate = summary.embedded / seconds if seconds > 0 else 0.0
+    return (
+        f"{summary.embedded} embedded, {rate:.1f} tiles/s, {summary.skipped} already indexed, "
+        f"{summary.tiles} cut"
+    )
 
 
 def _as_is(item: Any) -> Any:

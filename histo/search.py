@@ -57,13 +57,14 @@ from histo.data.records import Box
 from histo.data.tile_source import TileImage, TileSource, TileView, check_size
 from histo.data.tiling import TilingConfig, check_tileable, cut_tile, grid_boxes
 from histo.data.tissue import tissue_fraction
+from histo.embed_batcher import Batching, EmbedBatcher
 from histo.errors import InvalidInputError, NotFoundError, UnknownNameError, unknown_name
 from histo.heatmap import DEFAULT_BEST, DEFAULT_SIZE, Heatmap, render_heatmap, tile_similarities
 from histo.slide_search import DEFAULT_TILES_PER_SLIDE, SlideSearchResult, rank_slides, slide_mosaic
 from histo.store.base import FUSION_DEPTH, FUSIONS, STRATEGIES, Leg, SearchFilter, VectorStore, canonical_id
 
 if TYPE_CHECKING:  # torch is imported only when encoders are loaded
-    from histo.embedding import Embedder
+    from histo.embedding import Embedder, TileEmbedder
     from histo.encoders.artifact import ArtifactMeta
     from histo.settings import Settings
 
@@ -296,6 +297,7 @@ class SearchEngine:
         default: str | None = None,
         warm_up: bool = True,
         tiles: TileSource | None = None,
+        batching: Batching | None = None,
     ) -> None:
         if max_query_tiles < 1:
             raise InvalidInputError(f"max_query_tiles must be at least 1, got {max_query_tiles}")
@@ -306,7 +308,7 @@ class SearchEngine:
         self.tiles = tiles or TileSource(max_pixels=max_pixels)
         vectors = store.vectors()
         self.skipped: dict[str, str] = {}
-        self._embedders: dict[str, Embedder] = {}
+        self._embedders: dict[str, TileEmbedder] = {}
         for name, embedder in embedders.items():
             if name not in vectors:
                 self.skipped[name] = f"the index {store.description} has no {name!r} vectors"
@@ -314,6 +316,8 @@ class SearchEngine:
                 self.skipped[name] = (
                     f"it makes {embedder.dim}-d vectors, the index holds {vectors[name]}-d ones"
                 )
+            elif batching is not None:  # a server: embedding on its own thread, queries batched
+                self._embedders[name] = EmbedBatcher(embedder, batching)
             else:
                 self._embedders[name] = embedder
         for name, why in self.skipped.items():
@@ -372,8 +376,14 @@ class SearchEngine:
         """Names of the searchable encoders."""
         return sorted(self._embedders)
 
-    def embedder(self, name: str | None = None) -> Embedder:
+    def embedder(self, name: str | None = None) -> TileEmbedder:
         return self._embedders[self._encoder(name)]
+
+    def close(self) -> None:
+        """Stop the embedding workers (``batching``); the store is the caller's to close."""
+        for embedder in self._embedders.values():
+            if isinstance(embedder, EmbedBatcher):
+                embedder.close()
 
     def warm_up(self) -> None:
         """One forward pass per encoder (the first one allocates and is slow)."""

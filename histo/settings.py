@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from histo.embed_batcher import Batching
+
 
 class TilingSettings(BaseModel):
     """How images become tiles; the same values feed ``histo.data.tiling.TilingConfig``."""
@@ -44,12 +46,28 @@ class RedisSettings(BaseModel):
 
 
 class GrpcSettings(BaseModel):
+    """The search service; ``workers``, ``embed_batch`` and ``embed_wait_ms`` also serve the page's
+    in-process engine. Many RPC threads are cheap: one waiting for an upload's embedding idles,
+    and enough others stay free for id and vector queries (``histo.embed_batcher``)."""
+
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
     token: SecretStr | None = None
     max_message_mb: int = Field(32, ge=1, le=1024)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: Threads answering calls.
+    workers: int = Field(64, ge=1, le=1024)
+    #: Most tiles in one forward pass of concurrent image queries; 0 embeds on the calling thread.
+    embed_batch: int = Field(32, ge=0, le=4096)
+    #: How long the embedding worker waits for more queries to batch with the first.
+    embed_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
+
+    def batching(self) -> Batching | None:
+        """How a server embeds queries (``histo.embed_batcher``); None: on the calling thread."""
+        if not self.embed_batch:
+            return None
+        return Batching(self.embed_batch, self.embed_wait_ms)
 
 
 class WebSettings(BaseModel):

@@ -25,7 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.search", description=__doc__)
     parser.add_argument("--host", default=settings.grpc.host, help="address to bind (HISTO_GRPC__HOST)")
     parser.add_argument("--port", type=int, default=settings.grpc.port, help="0 picks a free port")
-    parser.add_argument("--workers", type=int, default=8, help="threads answering calls")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=settings.grpc.workers,
+        help="threads answering calls (HISTO_GRPC__WORKERS)",
+    )
     parser.add_argument("--grace", type=float, default=5.0, help="seconds for calls in flight at shutdown")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument(
@@ -58,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server, _port = create_server(
             cfg,
-            lambda: SearchEngine.from_settings(store, settings),
+            lambda: SearchEngine.from_settings(store, settings, batching=cfg.batching()),
             max_workers=options.workers,
             secrets=secrets,
         )
@@ -74,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         names = ", ".join(engine.encoders) or "none (ingest with an encoder first)"
         print(f"serving {store.description} with encoders: {names}", flush=True)
         serve_until_signalled(server, options.grace)
+        engine.close()
         print("stopped", flush=True)
         return 0
     except HistoError as exc:

@@ -218,11 +218,12 @@ def create_server(
     cfg: GrpcSettings,
     engine: SearchEngine | Callable[[], SearchEngine],
     *,
-    max_workers: int = 8,
+    max_workers: int | None = None,
     secrets: Iterable[str] = (),
 ) -> tuple[SearchServer, int]:
     """Build and bind (not start) the search server on ``cfg.host:cfg.port``; port 0 picks a free
-    one, returned beside the server. ``secrets`` are extra values to keep out of messages and logs
+    one, returned beside the server; ``max_workers`` RPC threads (default ``cfg.workers``).
+    ``secrets`` are extra values to keep out of messages and logs
     (the token always is)."""
     token = cfg.token.get_secret_value() if cfg.token is not None else ""
     limit = cfg.max_message_mb * MIB
@@ -233,7 +234,7 @@ def create_server(
     ]
     interceptors = [TokenInterceptor(token)] if token else []
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="histo-rpc"),
+        futures.ThreadPoolExecutor(max_workers=max_workers or cfg.workers, thread_name_prefix="histo-rpc"),
         interceptors=interceptors,
         options=options,
     )

@@ -44,8 +44,13 @@ def open_backend(settings: Settings, server: str | None, tls_ca: Path | None) ->
         path=settings.index_dir,
         collection=settings.qdrant.collection,
     )
+    grpc = settings.grpc  # concurrent uploads batched on one embedding thread, as the gRPC server does
     with store:
-        yield SearchEngine.from_settings(store, settings)
+        engine = SearchEngine.from_settings(store, settings, batching=grpc.batching())
+        try:
+            yield engine
+        finally:
+            engine.close()
 
 
 def describe(backend: SearchBackend, server: str | None) -> str:

@@ -174,10 +174,10 @@ def test_a_killed_embedded_ingest_leaves_no_lock_and_the_rerun_completes(tmp_pat
 
         def tiles_written() -> int:
             assert first.poll() is None, progress.read_text(errors="replace")
-            counts = re.findall(r"tiles=(\d+)", progress.read_text(errors="replace"))
+            counts = re.findall(r"(\d+) embedded", progress.read_text(errors="replace"))
             return int(counts[-1]) if counts else 0
 
-        wait_for(lambda: tiles_written() >= 8, 120, "two batches to be written")  # flushed before shown
+        wait_for(lambda: tiles_written() >= 8, 120, "two batches to be written")  # counted once upserted
         os.kill(first.pid, signal.SIGKILL)  # the ingesting process only: a crash, not a clean stop
         first.wait(timeout=10)
         lock = home / "index" / LOCK_NAME

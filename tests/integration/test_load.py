@@ -23,6 +23,12 @@ def test_a_short_load_run_has_no_errors_and_sane_figures() -> None:
     assert sum(k["queries"] for k in report["by_kind"].values()) == report["calls"]
     assert report["index"]["points"] == 1000 and report["index"]["encoders"]
     assert len(report["load_average_start"]) == 3 and "loopback" in report["note"]
+    # histo's defaults and the set-up before them, each idle, under the load and with uploads only
+    assert set(report["setups"]) == set(report["uploads"]) == {"isolated", "before"}
+    assert all(s["errors"] == 0 for s in (*report["setups"].values(), *report["uploads"].values()))
+    assert report["idle_by_id"]["p50_ms"] > 0 and report["uploads"]["isolated"]["qps"] > 0
+    assert report["ratios"]["id_p50_under_load_over_idle"] > 0
+    assert report["ratios"]["upload_throughput_over_before"] > 0
     assert [row.what for row in load.rows(report)][:3] == [
         "4 clients x 2 s: calls, QPS",
         "latency p50 / p99 / mean ms",

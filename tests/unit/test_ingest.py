@@ -118,3 +118,17 @@ def test_cli_ingest_stats_and_drop(bach: Path, tmp_path: Path, monkeypatch: pyte
     assert unknown.exit_code == 1 and "unknown encoder 'moco'" in unknown.output
     untrained = runner.invoke(app, ["ingest", str(bach), "-d", "bach", "--encoders", "nnclr"])
     assert untrained.exit_code == 1 and "histocli train nnclr" in untrained.output
+
+
+def test_progress_counts_tiles_embedded_not_tiles_cut(
+    bach: Path, encoders: dict[str, Embedder], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = scan_dataset(bach, "bach").records
+    with EdgeStore(tmp_path / "index") as store:
+        first = ingest(records, Ingestor(store, encoders, batch_size=3), TilingConfig(), 10**8, 0, True)
+        bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+        assert "8 embedded" in bar and "0 already indexed" in bar and "8 cut" in bar
+        assert first.as_dict()["embedded_per_second"] == round(first.embedded / first.seconds, 1) > 0
+        again = ingest(records, Ingestor(store, encoders, batch_size=3), TilingConfig(), 10**8, 0, True)
+        bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+        assert "0 embedded, 0.0 tiles/s, 8 already indexed" in bar and again.embedded_per_second == 0.0
