@@ -5,6 +5,7 @@ average vector, the plain ranking that MMR must leave at diversity 0."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from histo.data.tiling import TilingConfig
+from histo.embed_batcher import Batching, EmbedBatcher
 from histo.embedding import Embedder
 from histo.encoders.baselines import make_baseline_artifact
 from histo.errors import InvalidInputError, NotFoundError, UnknownNameError
@@ -252,3 +254,36 @@ def test_result_json_names_the_encoders_and_who_found_each_hit(engine: SearchEng
     assert all(set(h["found_by"]) <= set(NAMES) and h["found_by"] for h in data["hits"])
     single = engine.search(point_id=pid(13), encoder="swapped", top_k=3).as_dict()
     assert single["fusion"] is None and all(h["found_by"] == ["swapped"] for h in single["hits"])
+
+
+# ------------------------------------------------------------------------------------------------
+# A server's engine: uploads embedded on a worker thread, concurrent ones batched
+# ------------------------------------------------------------------------------------------------
+
+
+def test_a_batching_engine_answers_concurrent_uploads_as_the_plain_one(engine: SearchEngine) -> None:
+    embedders = {name: engine.embedder(name) for name in NAMES}
+    batched = SearchEngine(
+        engine.store, embedders, tiling=engine.tiling, batching=Batching(max_wait_ms=100), warm_up=False
+    )
+    uploads = [image_bytes(colour_tile(COLOURS[k % len(COLOURS)], 50 + k)) for k in range(6)]
+    results: list[Any] = [None] * len(uploads)
+    start = threading.Barrier(len(uploads))
+
+    def search(i: int) -> None:
+        start.wait()
+        results[i] = batched.search(image=uploads[i], encoders=list(NAMES), top_k=5, exact=True)
+
+    threads = [threading.Thread(target=search, args=(i,)) for i in range(len(uploads))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        batched.close()
+    for upload, got in zip(uploads, results, strict=True):
+        want = engine.search(image=upload, encoders=list(NAMES), top_k=5, exact=True)
+        assert [h.id for h in got.hits] == [h.id for h in want.hits]
+    workers = [batched.embedder(name) for name in NAMES]
+    assert all(isinstance(w, EmbedBatcher) and w.requests == 6 and w.batches < 6 for w in workers)
