@@ -22,6 +22,7 @@ from histo.search import Feedback, SearchResult
 from histo.settings import Settings
 from histo.slide_search import SlideSearchResult
 from histo.store import SearchFilter
+from histo.store.base import DEFAULT_STRATEGY
 
 
 class Strategy(StrEnum):
@@ -53,7 +54,7 @@ def search(
         None, "--unlike-image", help="Less like this image file."
     ),
     strategy: Strategy = typer.Option(
-        Strategy.average_vector, "--strategy", help="How like / unlike examples are combined."
+        Strategy(DEFAULT_STRATEGY), "--strategy", help="How like / unlike examples are combined."
     ),
     diverse: float | None = typer.Option(
         None,

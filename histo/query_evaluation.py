@@ -24,7 +24,7 @@ from tqdm import tqdm
 from histo.errors import InvalidInputError
 from histo.evaluation import EncoderResult, IndexedTiles, load_tiles, pick_queries
 from histo.metrics import QueryResult, summarise
-from histo.store.base import FUSION_DEPTH, STRATEGIES, Leg, SearchFilter, VectorStore
+from histo.store.base import DEFAULT_STRATEGY, FUSION_DEPTH, STRATEGIES, Leg, SearchFilter, VectorStore
 
 FEEDBACK_K = 10
 
@@ -127,7 +127,7 @@ def simulate_feedback(
     store: VectorStore,
     dataset: str,
     encoder: str,
-    strategies: Sequence[str] = ("best_score",),
+    strategies: Sequence[str] = (DEFAULT_STRATEGY,),
     max_queries: int | None = 500,
     seed: int = 0,
     progress: bool = True,
@@ -140,6 +140,7 @@ def simulate_feedback(
     if len(tiles.ids) < 2 * FEEDBACK_K + 1:
         raise InvalidInputError(f"the feedback round needs at least {2 * FEEDBACK_K + 1} labelled tiles")
     queries = pick_queries(len(tiles.ids), max_queries, seed)
+    row = {pid: i for i, pid in enumerate(tiles.ids)}
     first, next_page = [], []
     after: dict[str, list[float]] = {s: [] for s in strategies}
     desc = f"feedback round, {encoder} on {dataset}"
@@ -150,10 +151,10 @@ def simulate_feedback(
         page = plain[:FEEDBACK_K]
         first.append(_precision(page, label))
         next_page.append(_precision(plain[FEEDBACK_K:], label))
-        seen = store.retrieve([h.id for h in page], with_vectors=[encoder])
-        liked = tuple(r.vectors[encoder] for r in seen if r.payload.get("label") == label)
-        unliked = tuple(r.vectors[encoder] for r in seen if r.payload.get("label") != label)
-        excluded = dataclasses.replace(flt, exclude_point_ids=tuple(r.id for r in seen))
+        vectors = _page_vectors(store, encoder, page, tiles, row)
+        liked = tuple(v for h, v in zip(page, vectors, strict=True) if h.payload.get("label") == label)
+        unliked = tuple(v for h, v in zip(page, vectors, strict=True) if h.payload.get("label") != label)
+        excluded = dataclasses.replace(flt, exclude_point_ids=tuple(h.id for h in page))
         for strategy in strategies:
             leg = Leg(encoder, positives=(tiles.vectors[q], *liked), negatives=unliked, strategy=strategy)
             after[strategy].append(_precision(store.query([leg], FEEDBACK_K, excluded, exact=True), label))
@@ -168,6 +169,18 @@ def simulate_feedback(
         )
         for s in strategies
     ]
+
+
+def _page_vectors(
+    store: VectorStore, encoder: str, page: Sequence[Any], tiles: IndexedTiles, row: dict[str, int]
+) -> list[Any]:
+    """The page's vectors: from the tiles already loaded, read from the store only for hits that
+    are not among them (unlabelled tiles)."""
+    missing = [h.id for h in page if h.id not in row]
+    read = (
+        {r.id: r.vectors[encoder] for r in store.retrieve(missing, with_vectors=[encoder])} if missing else {}
+    )
+    return [tiles.vectors[row[h.id]] if h.id in row else read[h.id] for h in page]
 
 
 def _precision(hits: Sequence[Any], label: object) -> float:

@@ -61,7 +61,16 @@ from histo.embed_batcher import Batching, EmbedBatcher
 from histo.errors import InvalidInputError, NotFoundError, UnknownNameError, unknown_name
 from histo.heatmap import DEFAULT_BEST, DEFAULT_SIZE, Heatmap, render_heatmap, tile_similarities
 from histo.slide_search import DEFAULT_TILES_PER_SLIDE, SlideSearchResult, rank_slides, slide_mosaic
-from histo.store.base import FUSION_DEPTH, FUSIONS, STRATEGIES, Leg, SearchFilter, VectorStore, canonical_id
+from histo.store.base import (
+    DEFAULT_STRATEGY,
+    FUSION_DEPTH,
+    FUSIONS,
+    STRATEGIES,
+    Leg,
+    SearchFilter,
+    VectorStore,
+    canonical_id,
+)
 
 if TYPE_CHECKING:  # torch is imported only when encoders are loaded
     from histo.embedding import Embedder, TileEmbedder
@@ -146,7 +155,7 @@ class Feedback:
     unlike: tuple[str, ...] = ()
     like_images: tuple[bytes, ...] = ()
     unlike_images: tuple[bytes, ...] = ()
-    strategy: str = "average_vector"
+    strategy: str = DEFAULT_STRATEGY
 
     @property
     def examples(self) -> int:
@@ -671,11 +680,13 @@ class SearchEngine:
                 raise NotFoundError(f"example point {pid} has no {lacking[0]!r} vector; use another encoder")
         positives: dict[str, list[Any]] = {n: [records[i].vectors[n] for i in fb.like] for n in names}
         negatives: dict[str, list[Any]] = {n: [records[i].vectors[n] for i in fb.unlike] for n in names}
-        for images, into in ((fb.like_images, positives), (fb.unlike_images, negatives)):
-            for data in images:
-                _, tiles = self._image_tiles(data, mpp)
-                for n in names:
-                    into[n].extend(self._embed(n, tiles))
+        liked = [t for data in fb.like_images for t in self._image_tiles(data, mpp)[1]]
+        tiles = liked + [t for data in fb.unlike_images for t in self._image_tiles(data, mpp)[1]]
+        if tiles:  # every example image's tiles in one forward pass per encoder
+            for n in names:
+                vectors = self._embed(n, tiles)
+                positives[n] += vectors[: len(liked)]
+                negatives[n] += vectors[len(liked) :]
         return positives, negatives, ids
 
     def _embed_image(self, name: str, data: bytes, mpp: float | None) -> tuple[list[Any], list[Box]]:

@@ -51,6 +51,8 @@ FUSION_DEPTH = 100
 #: ``average_vector`` is Qdrant's rule (2 * mean(positives) - mean(negatives)) turned into a
 #: nearest query here, as Qdrant's collection layer does (the embedded shard has no such query).
 STRATEGIES: tuple[str, ...] = ("best_score", "sum_scores", "average_vector")
+#: The strategy when none is named (why: ``histo.search.Feedback``).
+DEFAULT_STRATEGY = "average_vector"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -93,7 +95,7 @@ class Leg:
     vector: VectorLike | None = None
     positives: tuple[VectorLike, ...] = ()
     negatives: tuple[VectorLike, ...] = ()
-    strategy: str = "average_vector"
+    strategy: str = DEFAULT_STRATEGY
     diversity: float | None = None
 
     @property

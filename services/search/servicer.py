@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
+from histo.client import FUSION_VALUES, STRATEGY_VALUES
 from histo.data.records import Box
 from histo.data.tile_source import TileImage, TileView
 from histo.heatmap import DEFAULT_BEST, Heatmap
@@ -41,13 +42,9 @@ def filter_of(message: search_pb2.Filter) -> SearchFilter:
     )
 
 
-#: Proto enum values to the engine's names.
-FUSION_NAMES = {search_pb2.FUSION_RRF: "rrf", search_pb2.FUSION_DBSF: "dbsf"}
-STRATEGY_NAMES = {
-    search_pb2.Feedback.BEST_SCORE: "best_score",
-    search_pb2.Feedback.SUM_SCORES: "sum_scores",
-    search_pb2.Feedback.AVERAGE_VECTOR: "average_vector",
-}
+#: Proto enum values to the engine's names (the client's maps, inverted).
+FUSION_NAMES = {value: name for name, value in FUSION_VALUES.items()}
+STRATEGY_NAMES = {value: name for name, value in STRATEGY_VALUES.items()}
 
 
 def feedback_of(message: search_pb2.Feedback) -> Feedback:
