@@ -33,6 +33,8 @@ SUITES = {
     "load": "benchmarks.load",
     "slide_read": "benchmarks.slide_read",
     "query_modes": "benchmarks.query_modes",
+    "quantization": "benchmarks.quantization",
+    "server_model": "benchmarks.server_model",
 }
 console = Console(width=150)
 

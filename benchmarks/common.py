@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -137,3 +139,15 @@ def write_report(out_dir: Path, name: str, report: dict[str, Any]) -> Path:
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     return path
+
+
+def spawn_listening(argv: list[str], env: dict[str, str], what: str) -> tuple[subprocess.Popen[str], str]:
+    """Start a server process that prints ``listening on ADDRESS`` first; returns it and the address."""
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.search(r"listening on (\S+)", line)
+    if not match:
+        process.kill()
+        raise SystemExit(f"{what} did not start: {line!r}")
+    return process, match.group(1)

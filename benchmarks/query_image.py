@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.common import Row, latency_summary, ratio, timed
+from benchmarks.common import Row, latency_summary, ratio, spawn_listening, timed
 from histo.client import SearchClient
 from histo.data.datasets import scan_dataset
 from histo.data.synth import write_synthetic
@@ -113,20 +112,9 @@ def serve(
     threads = ["--torch-threads", str(torch_threads)] if torch_threads else []
     env = {**os.environ, "HISTO_HOME": str(home), "HISTO_GRPC__TOKEN": "", **(settings or {})}
     env.pop("HISTO_QDRANT__URL", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.search", "--host", "127.0.0.1", "--port", "0",
-         *threads, "--log-level", "WARNING"],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    match = re.search(r"listening on (\S+)", line)
-    if not match:
-        process.kill()
-        raise SystemExit(f"the server did not start: {line!r}")
-    return process, match.group(1)
+    argv = [sys.executable, "-m", "services.search", "--host", "127.0.0.1", "--port", "0",
+            *threads, "--log-level", "WARNING"]  # fmt: skip
+    return spawn_listening(argv, env, "the search service")
 
 
 def uploads(home: Path, count: int) -> dict[str, list[bytes]]:

@@ -51,6 +51,7 @@ from benchmarks.common import (
 from histo.client import SearchClient
 from histo.encoders.baselines import make_baseline_artifact
 from histo.store import EdgeStore, Point, SearchFilter, ServerStore, VectorStore
+from histo.store.base import IndexOptions
 
 NAME = "search"
 VECTORS = ("simclr", "nnclr", "barlow_twins", "swav")
@@ -203,12 +204,22 @@ def hit_ids(hits: list[Any]) -> list[str]:
 # -- backends --------------------------------------------------------------------------------------
 
 
+#: This suite measures the float vectors as they are; ``benchmarks.quantization`` the compressed ones.
+UNQUANTIZED = IndexOptions("none")
+
+
 def run_edge(
-    home: Path, points: int, s: Scale, picks: list[int], queries: np.ndarray, names: tuple[str, ...]
+    home: Path,
+    points: int,
+    s: Scale,
+    picks: list[int],
+    queries: np.ndarray,
+    names: tuple[str, ...],
+    options: IndexOptions = UNQUANTIZED,
 ) -> dict[str, Any]:
     """Build, then reopen cold and measure: HNSW (when built), exact, memory and disk."""
     row: dict[str, Any] = {}
-    with EdgeStore(home / "index") as store:
+    with EdgeStore(home / "index", options=options) as store:
         row["build_s"] = round(fill(store, points, s.dim, s.seed, names), 2)
         hnsw = points <= s.hnsw_max
         if hnsw:
@@ -217,15 +228,15 @@ def run_edge(
             row["optimize_s"] = round(time.perf_counter() - started, 2)
     gc.collect()
     before = rss_mib()
-    with EdgeStore(home / "index") as store:
+    with EdgeStore(home / "index", options=options) as store:
 
         def search(i: int, filtered: bool, exact: bool = False) -> list[str]:
             flt = query_filter(picks[i]) if filtered else None
             return hit_ids(store.search(QUERIED, queries[i], 10, flt, exact=exact))
 
         approx = measure(search, len(picks))
+        memory = rss_mib() - before  # before the exact scans page every float vector in
         exact = measure(lambda i, f: search(i, f, exact=True), len(picks))
-        memory = rss_mib() - before
     disk = folder_mib(home / "index")
     row.update(
         index="optimised (HNSW)" if hnsw else "plain (full scan: HNSW build skipped above hnsw_max)",

@@ -90,6 +90,7 @@ def open_index(settings: Settings) -> VectorStore:
         api_key=settings.qdrant.api_key,
         path=settings.index_dir,
         collection=settings.qdrant.collection,
+        options=settings.qdrant.index_options(),
     )
 
 

@@ -1,4 +1,5 @@
-"""``histocli index stats|mosaics|drop``: what the index holds, slide mosaics, and removing it."""
+"""``histocli index stats|mosaics|prune|drop``: what the index holds, slide mosaics, removing the
+points of vanished files, and removing it all."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import typer
 from rich.table import Table
 
-from cli.common import console, domain_errors, open_index, settings_of
+from cli.common import console, domain_errors, err_console, open_index, settings_of
 
 app = typer.Typer(help="Inspect or drop the vector index.", no_args_is_help=True)
 
@@ -23,7 +24,8 @@ def stats(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
     if as_json:
         typer.echo(json.dumps(figures, indent=2, default=str))
         return
-    console.print(f"index {where}: {figures.get('points', 0)} points")
+    layout = f", vectors quantized {figures['quantization']}" if figures.get("quantization") else ""
+    console.print(f"index {where}: {figures.get('points', 0)} points{layout}")
     vectors = Table(title="vectors per encoder")
     for column in ("encoder", "dim", "points"):
         vectors.add_column(column, justify="left" if column == "encoder" else "right")
@@ -55,6 +57,58 @@ def mosaics(
     console.print(
         f"{len(chosen)} slides of {dataset}: {sum(chosen.values())} mosaic tiles chosen with {encoder}"
     )
+
+
+@app.command("prune")
+@domain_errors
+def prune(
+    ctx: typer.Context,
+    dataset: str = typer.Option(..., "--dataset", "-d", help="The data set whose vanished files to remove."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
+    missing_roots: bool = typer.Option(
+        False,
+        "--missing-roots",
+        help="Also remove files whose whole data set folder is missing (deleted, not just unmounted).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Remove the points of files of a data set that no longer exist on disk (listed first)."""
+    from histo.sync import plan_prune, remove_files, report_lines, write_removals
+
+    settings = settings_of(ctx)
+    gone_file = settings.logs_dir / f"gone-{dataset}.tsv"
+    with open_index(settings) as store:
+        plan = plan_prune(store, dataset, missing_roots)
+        lines = [
+            f"{dataset}: {plan.files} files indexed, {len(plan.gone)} gone from disk "
+            f"({plan.gone_points} points)" + ("; dry run, nothing removed" if dry_run else ""),
+            *report_lines(plan.gone),
+            *(
+                f"  kept {files} files under {root}: that folder is missing (unmounted?); "
+                "--missing-roots removes them"
+                for root, files in plan.unreachable.items()
+            ),
+        ]
+        if plan.gone:
+            write_removals(gone_file, plan.gone)
+            lines.append(f"gone files listed in {gone_file}")
+        say = err_console.print if as_json else console.print  # the report comes first, always
+        for line in lines:
+            say(line, highlight=False, soft_wrap=True)
+        removed = 0 if dry_run else remove_files(store, plan.gone)
+    if as_json:
+        figures = {
+            "dataset": dataset,
+            "files": plan.files,
+            "gone": [f.rel_path for f in plan.gone],
+            "gone_points": plan.gone_points,
+            "removed": removed,
+            "dry_run": dry_run,
+            "unreachable_roots": plan.unreachable,
+        }
+        typer.echo(json.dumps(figures, indent=2))
+    elif not dry_run:
+        console.print(f"removed {removed} points of {len(plan.gone)} files", highlight=False)
 
 
 @app.command("drop")

@@ -135,9 +135,11 @@ def submit(
     from celery import Celery
 
     from histo.data.datasets import scan_dataset
+    from histo.data.filestamp import stamp_records
     from histo.encoders.catalog import resolve_encoders
 
     scan = scan_dataset(root, dataset).with_mpp(mpp)
+    scan.records = stamp_records(scan.records, progress=not quiet)  # the workers write them per tile
     names = list(resolve_encoders(encoders, settings.encoders_dir))  # workers load the same artifacts
     plan = plan_batches(scan.records, config, settings.images.max_pixels, tiles_per_batch)
     tracker = JobTracker.create(

@@ -12,6 +12,7 @@ from cli import (
     evaluate,
     heatmap,
     index,
+    index_ops,  # noqa: F401 - registers index snapshot, restore and migrate
     ingest,
     search,
     serve,

@@ -375,6 +375,34 @@ class SearchClient:
         ]
         return Heatmap(r.image, r.media_type, r.width, r.height, best_boxes)
 
+    def snapshot(self, path: Path, timeout: float | None = None) -> Path:
+        """Have the server take a snapshot of the index it owns (``CreateSnapshot``) and write it to
+        the file ``path``, which appears only once complete; ``timeout``: seconds for the whole
+        transfer (default: none, a large index takes long)."""
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.partial")
+        expected, written = -1, 0
+        try:
+            with open(partial, "wb") as out:
+                for chunk in self._stub.CreateSnapshot(
+                    search_pb2.CreateSnapshotRequest(), timeout=timeout, metadata=self._metadata
+                ):
+                    expected = chunk.size if expected < 0 else expected
+                    written += out.write(chunk.data)
+            if written != expected:
+                raise ServiceError(
+                    f"the search server at {self.target} sent {written} of {expected} bytes of the snapshot; "
+                    "try again"
+                )
+            partial.replace(path)
+        except grpc.RpcError as exc:
+            raise _error_from(exc, self.target, timeout) from None
+        except OSError as exc:
+            raise InvalidInputError(f"cannot write the snapshot {path}: {exc.strerror}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+        return path
+
     def health(self, service: str = "") -> str:
         """The server's health status name for ``service`` ("" = the whole server): SERVING, ..."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc

@@ -5,7 +5,8 @@ A ``DataLoader`` decodes and tiles whole images (a whole-slide image: its tissue
 embeds full batches with every encoder and upserts one point per tile with all its vectors at
 once — so a crash or a corrupt file never leaves a partial point. Before embedding, the store is
 asked which tiles still lack which vectors: a rerun skips finished tiles, and a new encoder only
-fills in its own vector.
+fills in its own vector. Every tile records its file's size, mtime and hash (``histo.data.filestamp``);
+a stored tile cut from other bytes of its file is embedded anew (``histo.sync`` removes the rest).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from histo.data.datasets.base import Problem
+from histo.data.filestamp import stamp_records
 from histo.data.records import Box, ImageRecord, Tile
 from histo.data.slides import is_slide, plan_slide, slide_tiles
 from histo.data.tiling import TilingConfig, iter_tiles
@@ -208,10 +210,20 @@ class Ingestor:
         return name
 
     def write(self, tiles: list[Tile]) -> tuple[int, int]:
-        """Embed what is missing and upsert; returns (embedded, skipped)."""
+        """Embed what is missing and upsert; returns (embedded, skipped).
+
+        A tile whose stored point was cut from other file content (another ``file_hash``) gets
+        every vector anew; one whose payload merely differs (a touched file, a point from before
+        file stamps, a moved data set) gets its payload only. The mosaic marks stay: they belong
+        to ``histo.slide_search``."""
         if not tiles:
             return 0, 0
-        missing = self.store.missing_vectors([t.id for t in tiles], list(self.embedders))
+        ids = [t.id for t in tiles]
+        stored = {r.id: r.payload for r in self.store.retrieve(ids)}
+        missing = self.store.missing_vectors(ids, list(self.embedders))
+        for tile in tiles:
+            if tile.id in stored and _content_changed(stored[tile.id], tile.payload):
+                missing[tile.id] = set(self.embedders)
         todo = [t for t in tiles if t.id in missing]
         vectors: dict[str, dict[str, np.ndarray]] = {t.id: {} for t in todo}
         for name, embedder in self.embedders.items():
@@ -221,8 +233,28 @@ class Ingestor:
                     need, embedder.embed(np.stack([t.pixels for t in need])), strict=True
                 ):
                     vectors[tile.id][name] = vector
-        self.store.upsert(Point(t.id, vectors[t.id], t.payload) for t in todo)
+        payloads = {t.id: _kept_marks(stored.get(t.id), t.payload) for t in tiles}
+        restamp = [t for t in tiles if t.id not in missing and payloads[t.id] != stored[t.id]]
+        self.store.upsert(
+            [Point(t.id, vectors[t.id], payloads[t.id]) for t in todo]
+            + [Point(t.id, payload=payloads[t.id]) for t in restamp]
+        )
         return len(todo), len(tiles) - len(todo)
+
+
+#: Payload keys that slide search owns (a slide's mosaic), kept when ingestion rewrites a payload.
+MOSAIC_MARKS = ("role", "mosaic_encoder")
+
+
+def _content_changed(stored: dict[str, Any], fresh: dict[str, Any]) -> bool:
+    """Whether a stored point was cut from other bytes than the tile now (both stamped)."""
+    old, new = stored.get("file_hash"), fresh.get("file_hash")
+    return old is not None and new is not None and old != new
+
+
+def _kept_marks(stored: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:
+    marks = {k: stored[k] for k in MOSAIC_MARKS if stored is not None and k in stored}
+    return {**fresh, **marks}
 
 
 def ingest(
@@ -234,8 +266,11 @@ def ingest(
     progress: bool = True,
     failures_file: Path | None = None,
 ) -> IngestSummary:
-    """Tile, embed and upsert every record; failures are recorded, never fatal."""
+    """Tile, embed and upsert every record; failures are recorded, never fatal. Each record is
+    stamped first (``histo.data.filestamp``; one already stamped as its file is keeps its hash), so
+    every tile records the file it was cut from."""
     dataset = records[0].dataset if records else "-"
+    records = stamp_records(records, progress=progress)
     summary = IngestSummary(dataset)
     units, unplanned = plan_units(records, config)
     summary.failed.extend(unplanned)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from histo.embed_batcher import Batching
+from histo.store.base import DEFAULT_QUANTIZATION, IndexOptions, Quantization
 
 
 class TilingSettings(BaseModel):
@@ -31,11 +33,19 @@ class ImageSettings(BaseModel):
 
 
 class QdrantSettings(BaseModel):
-    """Empty ``url`` means the embedded store under ``HISTO_HOME``; set it for a Qdrant server."""
+    """Empty ``url`` means the embedded store under ``HISTO_HOME``; set it for a Qdrant server.
+    ``quantization`` and ``payload_m`` shape a collection when it is created (``IndexOptions``)."""
 
     url: str | None = None
     api_key: SecretStr | None = None
     collection: str = "histo"
+    quantization: Quantization = DEFAULT_QUANTIZATION
+    #: Candidates rescored with the float vectors, as a multiple of the limit (quantized indexes).
+    oversampling: float = Field(2.0, ge=1.0, le=64.0)
+    payload_m: int | None = Field(None, ge=1, le=512)
+
+    def index_options(self) -> IndexOptions:
+        return IndexOptions(self.quantization, self.oversampling, self.payload_m)
 
 
 class RedisSettings(BaseModel):
@@ -79,6 +89,24 @@ class WebSettings(BaseModel):
     token: SecretStr | None = None
 
 
+class LogSettings(BaseModel):
+    """How the search service, the page and the workers log: ``text`` lines for people, or ``json``
+    (one object per line: time, level, logger, message, request_id) for a log collector."""
+
+    format: Literal["text", "json"] = "text"
+
+
+class MetricsSettings(BaseModel):
+    """Prometheus metrics (``histo.prometheus``). The search service and a worker serve ``/metrics`` on
+    a port of their own, 0 = off: a process on a shared host binds nothing it was not asked to, and
+    two of them never fight over a default port; docker-compose.yml turns both on. The page serves
+    ``/metrics`` on its own port, always."""
+
+    host: str = "127.0.0.1"
+    search_port: int = Field(0, ge=0, le=65535)
+    worker_port: int = Field(0, ge=0, le=65535)
+
+
 class Settings(BaseSettings):
     """Everything histo can be configured with; all state lives under ``home``."""
 
@@ -91,6 +119,8 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     grpc: GrpcSettings = GrpcSettings()
     web: WebSettings = WebSettings()
+    log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
     #: Where each data set lives now, when it moved since ingestion (the index records the folder
     #: it was ingested from): ``HISTO_DATA_ROOTS='{"bach": "/data/bach"}'``.
     data_roots: dict[str, Path] = Field(default_factory=dict)

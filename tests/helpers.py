@@ -7,6 +7,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from histo.embedding import Embedder
+from histo.encoders.baselines import make_baseline_artifact
+
 PINK = (200, 120, 170)
 
 
@@ -23,3 +26,13 @@ def write_image(path: Path, width: int = 64, height: int = 48, seed: int = 0, **
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(tissue_array(width, height, seed)).save(path, **save)
     return path
+
+
+def baseline_embedders(folder: Path, input_size: int = 32) -> dict[str, Embedder]:
+    """The two fast baseline encoders (colour histogram, random weights), one orientation each."""
+    return {
+        name: Embedder.from_artifact(
+            make_baseline_artifact(name, folder / name, input_size=input_size), orientation_pooling=1
+        )
+        for name in ("colorhist", "random")
+    }

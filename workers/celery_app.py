@@ -12,6 +12,7 @@ from celery import Celery
 
 from histo.queue_config import celery_config
 from histo.settings import Settings, get_settings
+from workers.telemetry import install as install_telemetry
 
 
 def make_celery(settings: Settings, visibility_timeout: int | None = None) -> Celery:
@@ -24,3 +25,4 @@ def make_celery(settings: Settings, visibility_timeout: int | None = None) -> Ce
 
 settings = get_settings()
 app = make_celery(settings)
+install_telemetry(settings)  # metrics, JSON logs and request ids (HISTO_METRICS__*, HISTO_LOG__*)

@@ -95,7 +95,11 @@ def _open_embedded(wait_s: float) -> VectorStore:
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return open_store(path=settings.index_dir, collection=settings.qdrant.collection)
+            return open_store(
+                path=settings.index_dir,
+                collection=settings.qdrant.collection,
+                options=settings.qdrant.index_options(),
+            )
         except StoreLockedError:
             if time.monotonic() >= deadline:
                 raise
@@ -112,6 +116,7 @@ def store_session(wait_s: float | None = None) -> Iterator[VectorStore]:
                 url=settings.qdrant.url,
                 api_key=settings.qdrant.api_key,
                 collection=settings.qdrant.collection,
+                options=settings.qdrant.index_options(),
             )
         try:
             yield _server_store

@@ -26,6 +26,12 @@ class ImageRecord:
     patient_id: str | None = None
     mpp: float | None = None
     magnification: str | None = None
+    #: The file as it was read (``histo.data.filestamp``): bytes, modification time in ns and a
+    #: content hash, stored with every tile so that ``ingest --sync`` and ``index prune`` can tell
+    #: unchanged, changed and vanished files apart. None where not stamped.
+    file_size: int | None = None
+    file_mtime_us: int | None = None
+    file_hash: str | None = None
 
     @property
     def root(self) -> Path:
@@ -74,6 +80,9 @@ def tile_payload(record: ImageRecord, box: Box, tile_size: int) -> dict[str, Any
         "tile_size": tile_size,
         "mpp": record.mpp,
         "magnification": record.magnification,
+        "file_size": record.file_size,
+        "file_mtime_us": record.file_mtime_us,
+        "file_hash": record.file_hash,
     }
     return {key: value for key, value in payload.items() if value is not None}
 

@@ -17,8 +17,9 @@ import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, Self, TypeVar, get_args, runtime_checkable
 
 import numpy as np
 
@@ -53,6 +54,56 @@ FUSION_DEPTH = 100
 STRATEGIES: tuple[str, ...] = ("best_score", "sum_scores", "average_vector")
 #: The strategy when none is named (why: ``histo.search.Feedback``).
 DEFAULT_STRATEGY = "average_vector"
+
+#: How a new collection compresses its vectors (``IndexOptions.quantization``): not at all, int8
+#: scalar quantization, 4-bit TurboQuant, or 1 bit per dimension.
+Quantization = Literal["none", "int8", "turbo4", "binary"]
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+#: The default, chosen by ``python -m benchmarks run --only quantization`` (README, "Quantization"):
+#: recall@10 against exact stays >= 0.99 with rescoring, searches get faster and resident memory
+#: falls to about a quarter, since the float vectors stay on disk for the rescoring only.
+DEFAULT_QUANTIZATION: Quantization = "int8"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexOptions:
+    """How the vectors of a new collection are laid out and searched.
+
+    ``quantization`` (one of ``QUANTIZATIONS``) applies when the collection is created: the
+    compressed copies stay in RAM and the float vectors go to disk (memory-mapped), read back
+    only to rescore the ``oversampling`` x limit best candidates, so results keep full precision.
+    An existing collection keeps the layout it was created with; ``oversampling`` applies to
+    every search. ``payload_m`` adds graph links per value of the filter fields (Qdrant's
+    filter-aware HNSW), for filtered searches without ACORN's extra cost; None: none.
+    """
+
+    quantization: Quantization = DEFAULT_QUANTIZATION
+    oversampling: float = 2.0
+    payload_m: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.quantization not in QUANTIZATIONS:
+            raise unknown_name("quantization", self.quantization, list(QUANTIZATIONS))
+        if not 1.0 <= self.oversampling <= 64.0:
+            raise InvalidInputError(f"oversampling must be between 1 and 64, not {self.oversampling}")
+        if self.payload_m is not None and not 1 <= self.payload_m <= 512:
+            raise InvalidInputError(f"payload_m must be between 1 and 512, not {self.payload_m}")
+
+    @property
+    def quantized(self) -> bool:
+        return self.quantization != "none"
+
+
+#: The engines' quantization config keys (edge_config.json, the server's collection info) by name.
+_QUANTIZATION_KEYS = {"scalar": "int8", "turbo": "turbo4", "binary": "binary"}
+
+
+def quantization_name(config: Mapping[str, Any] | None) -> str:
+    """``QUANTIZATIONS`` name of an engine's quantization config as JSON (``{"scalar": {...}}``)."""
+    for key, name in _QUANTIZATION_KEYS.items():
+        if config and config.get(key) is not None:
+            return name
+    return "none"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -282,6 +333,10 @@ class VectorStore(Protocol):
 
     def count(self, filter: SearchFilter | None = None) -> int: ...
 
+    def delete(self, ids: Iterable[str | uuid.UUID]) -> int:
+        """Remove points by id; returns how many existed (unknown ids are ignored)."""
+        ...
+
     def scroll(
         self, filter: SearchFilter | None = None, with_vectors: bool | Sequence[str] = False, page: int = 256
     ) -> Iterator[Record]:
@@ -290,6 +345,28 @@ class VectorStore(Protocol):
 
     def stats(self) -> dict[str, Any]:
         """Points, points per named vector, per dataset and per (dataset, label)."""
+        ...
+
+    def inventory(self) -> dict[str, Any]:
+        """What a copy must reproduce (snapshots, migration): points, vectors (name -> dim), points
+        per named vector, per data set and per (data set, named vector), and each data set's roots."""
+        ...
+
+    def scroll_page(
+        self, offset: str | None, limit: int, with_vectors: bool = True
+    ) -> tuple[list[Record], str | None]:
+        """Up to ``limit`` points in id order from ``offset`` (None: the first), with payloads, and
+        the id the next page starts at (None after the last): a copy resumes where it stopped."""
+        ...
+
+    def snapshot(self, out: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Write a consistent snapshot of the collection to the file ``out`` (``histo.store.archive``)
+        with ``manifest`` and the inventory in its manifest; returns the manifest it wrote."""
+        ...
+
+    def restore(self, snapshot: Path, manifest: Mapping[str, Any]) -> None:
+        """Replace the collection with the verified snapshot whose manifest is ``manifest``
+        (``histo.snapshots.restore_snapshot`` verifies it); the old one stays if this fails."""
         ...
 
     def optimize(self) -> None:
@@ -428,6 +505,10 @@ class StoreBase(abc.ABC):
         """Add a cosine named vector to the existing collection, keeping every point."""
 
     @abc.abstractmethod
+    def _read_quantization(self) -> str:
+        """The collection's quantization as it was created (a ``QUANTIZATIONS`` name)."""
+
+    @abc.abstractmethod
     def _ensure_indexes(self, fields: Sequence[str]) -> None:
         """Keyword payload indexes on ``fields`` (idempotent)."""
 
@@ -441,6 +522,10 @@ class StoreBase(abc.ABC):
     @abc.abstractmethod
     def _merge(self, writes: Sequence[_Write]) -> None:
         """Update existing points: set the given vectors, replace payloads that are not None."""
+
+    @abc.abstractmethod
+    def _delete(self, ids: Sequence[str]) -> None:
+        """Remove these existing points."""
 
     @abc.abstractmethod
     def _query_many(
@@ -763,10 +848,59 @@ class StoreBase(abc.ABC):
         return {
             "collection": self.collection,
             "points": self._count((), ()),
+            "quantization": self._read_quantization(),
             "vectors": vectors,
             "datasets": datasets,
             "labels": labels,
         }
+
+    def inventory(self) -> dict[str, Any]:
+        self._check_open()
+        known = self._known(refresh=True)
+        datasets = dict(sorted(self._facet("dataset", ()).items())) if known else {}
+
+        def per_vector(must: Conditions) -> dict[str, int]:
+            return {name: self._count(must, (), has_vector=name) for name in sorted(known)}
+
+        return {
+            "collection": self.collection,
+            "points": self._count((), ()) if known else 0,
+            "vectors": dict(sorted(known.items())),
+            "vector_points": per_vector(()),
+            "datasets": {
+                dataset: {"points": points, "vectors": per_vector((("dataset", (dataset,)),))}
+                for dataset, points in datasets.items()
+            },
+            "data_roots": {dataset: self._roots(dataset) for dataset in datasets},
+        }
+
+    def _roots(self, dataset: str, most: int = 16) -> list[str]:
+        """The distinct payload ``root`` values (ingestion folders) of a data set, one scan each."""
+        roots: list[str] = []
+        while len(roots) < most:
+            must_not: Conditions = (("root", tuple(roots)),) if roots else ()
+            records, _ = self._scroll_page((("dataset", (dataset,)),), must_not, False, None, 1)
+            root = records[0].payload.get("root") if records else None
+            if not isinstance(root, str) or not root or root in roots:
+                return sorted(roots)
+            roots.append(root)
+        return sorted(roots)
+
+    def scroll_page(
+        self, offset: str | None, limit: int, with_vectors: bool = True
+    ) -> tuple[list[Record], str | None]:
+        self._check_open()
+        if not self._known():
+            return [], None
+        start = None if offset is None else canonical_id(offset)
+        records, following = self._scroll_page((), (), bool(with_vectors), start, check_limit(limit))
+        return records, None if following is None else canonical_id(following)
+
+    @abc.abstractmethod
+    def snapshot(self, out: Path, manifest: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def restore(self, snapshot: Path, manifest: Mapping[str, Any]) -> None: ...
 
     def drop(self) -> None:
         self._check_open()
@@ -793,3 +927,17 @@ class StoreBase(abc.ABC):
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"{type(self).__name__}({self.description!r}, collection={self.collection!r}, {state})"
+
+    def delete(self, ids: Iterable[str | uuid.UUID]) -> int:
+        """Remove points by id (``ingest --sync``, ``index prune``); returns how many existed."""
+        self._check_open()
+        wanted = list(dict.fromkeys(canonical_id(i) for i in ids))
+        if not wanted or not self._known():
+            return 0
+        removed = 0
+        for batch in chunks(wanted, _ID_CHUNK):
+            existing = sorted(self._existing(batch))
+            if existing:
+                self._delete(existing)
+                removed += len(existing)
+        return removed

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import importlib.metadata
 import json
 import os
 import shutil
@@ -41,13 +42,21 @@ from typing import Any
 
 import qdrant_edge as qe
 
-from histo.errors import HistoError, InvalidInputError, StoreLockedError, StoreUnavailableError
+from histo.errors import (
+    HistoError,
+    InvalidInputError,
+    NotFoundError,
+    StoreLockedError,
+    StoreUnavailableError,
+)
+from histo.store import archive
 from histo.store.base import (
     DEFAULT_COLLECTION,
     POINT_ID,
     RRF_K,
     Conditions,
     Hit,
+    IndexOptions,
     Leg,
     Plan,
     Record,
@@ -55,6 +64,7 @@ from histo.store.base import (
     _Write,
     check_collection,
     mmr_candidates,
+    quantization_name,
     request_fields,
 )
 
@@ -238,14 +248,36 @@ def _condition(key: str, values: tuple[str, ...]) -> Any:
     return qe.FieldCondition(key=key, match=_match(values))
 
 
-def _search_params(exact: bool, filtered: bool) -> qe.SearchParams | None:
+def _search_params(exact: bool, filtered: bool, options: IndexOptions) -> qe.SearchParams:
     """Exact on request; with a filter, ACORN (Qdrant >= 1.16): plain filtered HNSW lost up to
     30 % of the true top 10 behind a dataset + label filter at 100k points (``python -m benchmarks
     run --only search``); ACORN restores it at about twice the cost, and only when the filter is
-    selective (above its ``max_selectivity`` Qdrant keeps the plain graph walk)."""
+    selective (above its ``max_selectivity`` Qdrant keeps the plain graph walk). A quantized index
+    rescores ``oversampling`` x limit candidates with the float vectors (ignored when unquantized)."""
     if exact:
         return qe.SearchParams(exact=True)
-    return qe.SearchParams(acorn=qe.AcornSearchParams(enable=True)) if filtered else None
+    rescore = qe.QuantizationSearchParams(rescore=True, oversampling=options.oversampling)
+    acorn = qe.AcornSearchParams(enable=True) if filtered else None
+    return qe.SearchParams(quantization=rescore, acorn=acorn)
+
+
+def _quantization(options: IndexOptions) -> Any:
+    """The engine's config for ``options.quantization``; the compressed vectors pinned in RAM."""
+    pinned = qe.Memory.Pinned
+    if options.quantization == "int8":  # the 0.99 quantile clips outliers, as Qdrant's docs advise
+        return qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99, memory=pinned)
+    if options.quantization == "turbo4":
+        return qe.TurboQuantQuantizationConfig(bits=qe.TurboQuantBitSize.Bits4, memory=pinned)
+    if options.quantization == "binary":
+        return qe.BinaryQuantizationConfig(memory=pinned)
+    return None
+
+
+def _hnsw(options: IndexOptions) -> qe.HnswIndexConfig | None:
+    """Qdrant's default graph (m=16, ef_construct=100), plus per-value links when asked."""
+    if options.payload_m is None:
+        return None
+    return qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000, payload_m=options.payload_m)
 
 
 def _leg_query(leg: Leg, limit: int) -> Any:
@@ -314,8 +346,10 @@ class EdgeStore(StoreBase):
         collection: str = DEFAULT_COLLECTION,
         *,
         max_search_threads: int | None = None,
+        options: IndexOptions | None = None,
     ) -> None:
         self.collection = check_collection(collection)
+        self.options = options or IndexOptions()
         self.path = Path(path).expanduser().absolute()
         self._shard_dir = self.path / self.collection
         self._max_search_threads = max_search_threads
@@ -386,10 +420,18 @@ class EdgeStore(StoreBase):
         return self._shard
 
     def _config(self, **vectors: int) -> qe.EdgeConfig:
+        """Float vectors memory-mapped cold when a quantized copy serves the search, else cached."""
+        memory = qe.Memory.Cold if self.options.quantized else None
         params = {
-            name: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine) for name, dim in vectors.items()
+            name: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, memory=memory)
+            for name, dim in vectors.items()
         }
-        return qe.EdgeConfig(vectors=params, max_search_threads=self._max_search_threads)
+        return qe.EdgeConfig(
+            vectors=params,
+            hnsw_config=_hnsw(self.options),
+            quantization_config=_quantization(self.options),
+            max_search_threads=self._max_search_threads,
+        )
 
     # -- primitives ------------------------------------------------------------------------------
 
@@ -407,6 +449,10 @@ class EdgeStore(StoreBase):
                     f"cannot read the vector config {config_file}: {exc}; was the index written by "
                     "another qdrant-edge version?"
                 ) from None
+
+    def _read_quantization(self) -> str:
+        config = json.loads((self._shard_dir / "edge_config.json").read_text(encoding="utf-8"))
+        return quantization_name(config.get("quantization_config"))
 
     def _create(self, dims: Mapping[str, int]) -> None:
         with self._engine("create the collection"):
@@ -447,11 +493,15 @@ class EdgeStore(StoreBase):
                 if w.payload is not None:
                     shard.update(qe.UpdateOperation.overwrite_payload([w.id], w.payload))
 
+    def _delete(self, ids: Sequence[str]) -> None:
+        with self._engine("delete points"):
+            self._require().update(qe.UpdateOperation.delete_points(list(ids)))
+
     def _query_many(
         self, plans: Sequence[Plan], must: Conditions, must_not: Conditions, exact: bool
     ) -> list[list[Hit]]:
         flt = _filter(must, must_not)
-        params = _search_params(exact, filtered=flt is not None)
+        params = _search_params(exact, flt is not None, self.options)
         with self._engine("search"):
             shard = self._require()
             return [_hits(shard.query(_request(plan, flt, params))) for plan in plans]
@@ -511,6 +561,81 @@ class EdgeStore(StoreBase):
         with self._engine("optimise"):
             if self._shard is not None:
                 self._shard.optimize()
+
+    # -- snapshots -------------------------------------------------------------------------------
+
+    def snapshot(self, out: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Flush, then archive the shard's files and take the inventory, all under the store's
+        mutex: no call of this process (the only one that may open the folder) writes in between,
+        so files and counts are of one moment. Searches wait while the files are read."""
+        self._check_open()
+        with self._engine("take a snapshot"):
+            if self._shard is None:
+                raise NotFoundError(
+                    f"the index at {self.path} has no collection {self.collection!r}: nothing to snapshot; "
+                    "ingest something first (histocli ingest)"
+                )
+            self._shard.flush()
+            facts = self.inventory()
+            with archive.SnapshotWriter(Path(out)) as writer:
+                archive.add_shard(writer, self._shard_dir)
+                engine = {"qdrant-edge-py": importlib.metadata.version("qdrant-edge-py")}
+                return writer.finish({**manifest, **facts, "kind": archive.SHARD, "engine": engine})
+
+    def restore(self, snapshot: Path, manifest: Mapping[str, Any]) -> None:
+        """Build the snapshot's index in a folder beside this one, open it and compare it with the
+        manifest, then swap it in by renaming; a failure before the swap changes nothing."""
+        self._check_open()
+        staging = self.path / f".restoring-{self.collection}-{uuid.uuid4().hex[:8]}"
+        try:
+            built = self._build(Path(snapshot), manifest, staging)
+            with self._engine("swap in the restored index"):
+                self._swap(built)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _build(self, snapshot: Path, manifest: Mapping[str, Any], staging: Path) -> Path:
+        """The snapshot as a shard folder under ``staging``, opened and checked."""
+        if manifest["kind"] == archive.SHARD:
+            archive.unpack_shard(snapshot, staging / self.collection)
+            try:
+                copy = EdgeStore(staging, self.collection, options=self.options)
+            except HistoError as exc:
+                raise archive.SnapshotError(f"{snapshot} does not open as an index ({exc})") from None
+            with copy:
+                archive.check_inventory(snapshot, manifest, copy.inventory())
+        else:
+            with (
+                archive.open_points(snapshot, manifest) as records,
+                EdgeStore(staging, self.collection, options=self.options) as copy,
+            ):
+                archive.load_points(copy, manifest["vectors"], records)
+                archive.check_inventory(snapshot, manifest, copy.inventory())
+        return staging / self.collection
+
+    def _swap(self, built: Path) -> None:
+        """Move the current shard aside, rename ``built`` into its place and load it; if it does
+        not load, the old shard goes back (the folder is without a shard only between two renames)."""
+        if self._shard is not None:
+            self._shard.flush()
+            self._shard.close()
+            self._shard = None
+        self._dims = None
+        aside = self.path / f".replaced-{self.collection}-{uuid.uuid4().hex[:8]}"
+        had_old = self._shard_dir.exists()
+        if had_old:
+            self._shard_dir.rename(aside)
+        built.rename(self._shard_dir)
+        try:
+            self._shard = self._load()
+        except BaseException:
+            self._shard_dir.rename(built)
+            if had_old:
+                aside.rename(self._shard_dir)
+                self._shard = self._load()
+            raise
+        if had_old:
+            shutil.rmtree(aside, ignore_errors=True)
 
     def _drop(self) -> None:
         with self._engine("drop the collection"):

@@ -7,7 +7,7 @@ import os
 from pydantic import SecretStr
 
 from histo.errors import InvalidInputError
-from histo.store.base import DEFAULT_COLLECTION, VectorStore
+from histo.store.base import DEFAULT_COLLECTION, IndexOptions, VectorStore
 
 
 def open_store(
@@ -18,13 +18,14 @@ def open_store(
     collection: str = DEFAULT_COLLECTION,
     timeout: float = 10.0,
     prefer_grpc: bool = False,
+    options: IndexOptions | None = None,
 ) -> VectorStore:
     """Open the store the settings describe.
 
     ``url`` set (``HISTO_QDRANT__URL``): a Qdrant server through qdrant-client; ``":memory:"``
     gives qdrant-client's in-memory local mode (tests only). Otherwise the embedded Qdrant Edge
     shard in ``path`` (the caller passes ``settings.index_dir``), owned by this process until
-    ``close()``.
+    ``close()``. ``options`` (quantization, ...) shape a collection created through this store.
 
     Raises ``StoreUnavailableError`` when the server cannot be reached and ``StoreLockedError``
     when another process owns the embedded index.
@@ -33,10 +34,10 @@ def open_store(
         from histo.store.server import ServerStore
 
         if url.strip() == ":memory:":
-            return ServerStore.in_memory(collection)
+            return ServerStore.in_memory(collection, options)
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         return ServerStore.connect(
-            url.strip(), key or None, collection, timeout=timeout, prefer_grpc=prefer_grpc
+            url.strip(), key or None, collection, timeout=timeout, prefer_grpc=prefer_grpc, options=options
         )
     if path is None:
         raise InvalidInputError(
@@ -45,4 +46,4 @@ def open_store(
         )
     from histo.store.edge import EdgeStore
 
-    return EdgeStore(path, collection)
+    return EdgeStore(path, collection, options=options)

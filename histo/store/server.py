@@ -19,6 +19,7 @@ import importlib.metadata
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc  # a dependency of qdrant-client; used with prefer_grpc=True
@@ -33,12 +34,14 @@ from histo.errors import (
     StoreLockedError,
     StoreUnavailableError,
 )
+from histo.store import archive
 from histo.store.base import (
     DEFAULT_COLLECTION,
     POINT_ID,
     RRF_K,
     Conditions,
     Hit,
+    IndexOptions,
     Leg,
     Plan,
     Record,
@@ -46,6 +49,7 @@ from histo.store.base import (
     _Write,
     check_collection,
     mmr_candidates,
+    quantization_name,
     request_fields,
 )
 
@@ -131,8 +135,10 @@ class ServerStore(StoreBase):
         *,
         description: str = "qdrant",
         owns_client: bool = True,
+        options: IndexOptions | None = None,
     ) -> None:
         self.collection = check_collection(collection)
+        self.options = options or IndexOptions()
         self.client = client
         self._description = description
         self._owns_client = owns_client
@@ -152,6 +158,7 @@ class ServerStore(StoreBase):
         *,
         timeout: float = 10.0,
         prefer_grpc: bool = False,
+        options: IndexOptions | None = None,
     ) -> ServerStore:
         """Connect to a Qdrant server; ``StoreUnavailableError`` if it cannot be reached."""
         if not isinstance(url, str) or not url.strip():
@@ -169,7 +176,7 @@ class ServerStore(StoreBase):
         except ValueError as exc:
             raise InvalidInputError(f"bad Qdrant URL {url!r}: {exc}; e.g. http://localhost:6333") from None
         try:
-            store = cls(client, collection, description=url)
+            store = cls(client, collection, description=url, options=options)
             store._check_version()
             return store
         except BaseException:
@@ -195,9 +202,11 @@ class ServerStore(StoreBase):
             )
 
     @classmethod
-    def in_memory(cls, collection: str = DEFAULT_COLLECTION) -> ServerStore:
+    def in_memory(
+        cls, collection: str = DEFAULT_COLLECTION, options: IndexOptions | None = None
+    ) -> ServerStore:
         """qdrant-client local mode in memory: the server API without a server, for tests."""
-        return cls(QdrantClient(location=":memory:"), collection, description=":memory:")
+        return cls(QdrantClient(location=":memory:"), collection, description=":memory:", options=options)
 
     @classmethod
     def local(cls, path: str | os.PathLike[str], collection: str = DEFAULT_COLLECTION) -> ServerStore:
@@ -296,11 +305,26 @@ class ServerStore(StoreBase):
             return {"": (vectors.size, str(vectors.distance.value))}
         return {name: (params.size, str(params.distance.value)) for name, params in vectors.items()}
 
+    def _read_quantization(self) -> str:
+        with self._api("read the collection"):
+            config = self.client.get_collection(self.collection).config.quantization_config
+        return quantization_name(config.model_dump() if config is not None else None)
+
     def _create(self, dims: Mapping[str, int]) -> None:
-        config = {name: qm.VectorParams(size=dim, distance=qm.Distance.COSINE) for name, dim in dims.items()}
+        """As ``EdgeStore._config``: float vectors on disk when a quantized copy serves the search."""
+        on_disk = True if self.options.quantized else None
+        config = {
+            name: qm.VectorParams(size=dim, distance=qm.Distance.COSINE, on_disk=on_disk)
+            for name, dim in dims.items()
+        }
         try:
             with self._api("create the collection"):
-                self.client.create_collection(self.collection, vectors_config=config)
+                self.client.create_collection(
+                    self.collection,
+                    vectors_config=config,
+                    hnsw_config=_hnsw(self.options),
+                    quantization_config=_quantization(self.options),
+                )
         except InvalidInputError:
             # another writer created it first (409/400 "already exists"): add what is missing
             have = self._read_vectors()
@@ -362,12 +386,16 @@ class ServerStore(StoreBase):
             with self._api("update points"):
                 self.client.batch_update_points(self.collection, update_operations=ops, wait=True)
 
+    def _delete(self, ids: Sequence[str]) -> None:
+        with self._api("delete points"):
+            self.client.delete(self.collection, points_selector=qm.PointIdsList(points=list(ids)), wait=True)
+
     def _query_many(
         self, plans: Sequence[Plan], must: Conditions, must_not: Conditions, exact: bool
     ) -> list[list[Hit]]:
         flt = _filter(must, must_not)
         # local mode is brute force already, and warns on every query given graph parameters
-        params = _search_params(exact, filtered=flt is not None and not self._local)
+        params = _search_params(exact, flt is not None, self.options) if exact or not self._local else None
         requests = [_request(plan, flt, params) for plan in plans]
         with self._api("search"):  # one round trip for the fused query and its legs' lists
             responses = self.client.query_batch_points(self.collection, requests=requests)
@@ -433,6 +461,41 @@ class ServerStore(StoreBase):
             )
         return {str(hit.value): int(hit.count) for hit in response.hits if hit.count > 0}
 
+    # -- snapshots -------------------------------------------------------------------------------
+
+    def snapshot(self, out: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Every point read through the API into a ``points`` snapshot: qdrant-client's local mode
+        has no snapshots, a server keeps its own on the server's disk, and this one restores into
+        either backend. Searches write nothing; the inventory is taken before and after the copy,
+        and a snapshot during which something wrote (an ingestion) is refused."""
+        self._check_open()
+        before = self.inventory()
+        if not before["vectors"]:
+            raise NotFoundError(
+                f"the collection {self.collection!r} at {self._description} is empty; nothing to snapshot"
+            )
+        with archive.SnapshotWriter(Path(out)) as writer:
+            written = archive.add_points(writer, self.scroll(with_vectors=True))
+            after = self.inventory()
+            if after != before or written != before["points"]:
+                raise StoreUnavailableError(
+                    f"the collection {self.collection!r} at {self._description} changed while the snapshot "
+                    f"was taken ({before['points']} points before, {after['points']} after); take it again "
+                    "when nothing writes to it (no ingestion running)"
+                )
+            engine = {"qdrant-client": importlib.metadata.version("qdrant-client")}
+            return writer.finish({**manifest, **before, "kind": archive.POINTS, "engine": engine})
+
+    def restore(self, snapshot: Path, manifest: Mapping[str, Any]) -> None:
+        """Open the snapshot first (a shard is unpacked and checked beside it), then re-create the
+        collection from its points and compare the inventory. A server has no rename to swap with:
+        if the copy stops midway the collection is partial, and restoring again completes it."""
+        self._check_open()
+        with archive.open_points(Path(snapshot), manifest) as records:
+            self.drop()
+            archive.load_points(self, manifest["vectors"], records)
+        archive.check_inventory(Path(snapshot), manifest, self.inventory())
+
     def _drop(self) -> None:
         if self._exists():
             with self._api("delete the collection"):
@@ -448,8 +511,30 @@ class ServerStore(StoreBase):
 __all__ = ["ServerStore"]
 
 
-def _search_params(exact: bool, filtered: bool) -> qm.SearchParams | None:
-    """As ``histo.store.edge``: exact on request, ACORN behind a filter (see there why)."""
+def _search_params(exact: bool, filtered: bool, options: IndexOptions) -> qm.SearchParams:
+    """As ``histo.store.edge``: exact on request, ACORN behind a filter, rescoring (see there why)."""
     if exact:
         return qm.SearchParams(exact=True)
-    return qm.SearchParams(acorn=qm.AcornSearchParams(enable=True)) if filtered else None
+    rescore = qm.QuantizationSearchParams(rescore=True, oversampling=options.oversampling)
+    acorn = qm.AcornSearchParams(enable=True) if filtered else None
+    return qm.SearchParams(quantization=rescore, acorn=acorn)
+
+
+def _quantization(options: IndexOptions) -> qm.QuantizationConfig | None:
+    """As ``histo.store.edge``: the compressed vectors pinned in RAM."""
+    pinned = qm.Memory.PINNED
+    if options.quantization == "int8":
+        return qm.ScalarQuantization(
+            scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8, quantile=0.99, memory=pinned)
+        )
+    if options.quantization == "turbo4":
+        return qm.TurboQuantization(
+            turbo=qm.TurboQuantQuantizationConfig(bits=qm.TurboQuantBitSize.BITS4, memory=pinned)
+        )
+    if options.quantization == "binary":
+        return qm.BinaryQuantization(binary=qm.BinaryQuantizationConfig(memory=pinned))
+    return None
+
+
+def _hnsw(options: IndexOptions) -> qm.HnswConfigDiff | None:
+    return None if options.payload_m is None else qm.HnswConfigDiff(payload_m=options.payload_m)

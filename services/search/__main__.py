@@ -4,18 +4,20 @@ An entry point: the only place in ``services`` that reads the settings (``HISTO_
 store (and so owns the embedded index while it runs), binds the port, prints one line
 ``listening on HOST:PORT``, loads and warms up the searchable encoders (health SERVING from then
 on), prints ``serving …`` and runs until SIGTERM or SIGINT. Errors are one ``error:`` line on
-stderr and exit code 1.
+stderr and exit code 1. Logs are text or JSON lines (HISTO_LOG__FORMAT); with
+HISTO_METRICS__SEARCH_PORT set, Prometheus metrics are at ``http://HISTO_METRICS__HOST:PORT/metrics``.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from histo.errors import HistoError
-from histo.search import SearchEngine
+from histo.observability import configure_logging
+from histo.prometheus import IndexCollector, MeteredEngine, embed_histogram, new_registry, serve_metrics
 from histo.settings import get_settings
+from histo.snapshots import SnapshotTaker
 from histo.store import open_store
 from services.search.server import create_server, serve_until_signalled
 
@@ -45,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(options.torch_threads)
-    logging.basicConfig(
-        level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(options.log_level, settings.log.format)
     cfg = settings.grpc.model_copy(update={"host": options.host, "port": options.port})
     secrets = [s.get_secret_value() for s in (settings.qdrant.api_key,) if s is not None]
     try:
@@ -56,21 +56,40 @@ def main(argv: list[str] | None = None) -> int:
             api_key=settings.qdrant.api_key,
             path=settings.index_dir,
             collection=settings.qdrant.collection,
+            options=settings.qdrant.index_options(),
         )
     except HistoError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
+    registry = new_registry()
+    registry.register(IndexCollector(store))
+    embed_seconds = embed_histogram(registry)
+    metrics = settings.metrics
     try:
+        # bound before the gRPC port, so that a taken metrics port stops nothing already running
+        metrics_port = (
+            serve_metrics(
+                registry, metrics.host, metrics.search_port, "HISTO_METRICS__SEARCH_PORT"
+            ).server_port
+            if metrics.search_port
+            else 0
+        )
         server, _port = create_server(
             cfg,
-            lambda: SearchEngine.from_settings(store, settings, batching=cfg.batching()),
+            lambda: MeteredEngine.from_settings(
+                store, settings, batching=cfg.batching(), embed_seconds=embed_seconds
+            ),
             max_workers=options.workers,
             secrets=secrets,
+            registry=registry,
+            snapshots=SnapshotTaker(store, settings.encoders_dir, settings.home / "snapshots"),
         )
         server.start()
         scheme = "TLS" if cfg.tls_cert else "plaintext"
         token = "token required" if cfg.token else "no token"
         print(f"listening on {server.address} ({scheme}, {token}); loading encoders", flush=True)
+        if metrics_port:
+            print(f"metrics on http://{metrics.host}:{metrics_port}/metrics", flush=True)
         try:
             engine = server.wait_ready()
         except BaseException:

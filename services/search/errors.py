@@ -16,6 +16,8 @@ anything else                              INTERNAL             any other except
                                                                 carries only the reference
 request over the message limit             RESOURCE_EXHAUSTED   gRPC itself (``max_receive_message_length``)
 no or wrong token                          UNAUTHENTICATED      the token interceptor (``server.py``)
+a snapshot asked for by another machine    PERMISSION_DENIED    ``CreateSnapshot`` (``servicer.py``): only
+when the server has no token                                    loopback clients, unless there is a token
 =========================================  ===================  =========================================
 
 Errors raised on purpose carry the trailing metadata ``histo-error: <class name>`` so that

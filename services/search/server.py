@@ -14,6 +14,8 @@ one gRPC server, with message limits, an optional bearer token and optional TLS.
 * **TLS** when both ``cfg.tls_cert`` and ``cfg.tls_key`` are set (PEM files).
 * **Shutdown**: ``serve_until_signalled`` stops on SIGTERM or SIGINT: health goes NOT_SERVING,
   new calls are refused, calls in flight get ``grace`` seconds to finish.
+* **Observed**: every call is counted and timed into ``SearchServer.registry`` and runs under a
+  request id (``services/search/observe.py``).
 """
 
 from __future__ import annotations
@@ -30,12 +32,16 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from histo.errors import HistoError, InvalidInputError
+from histo.prometheus import new_registry
 from histo.rpc.v1 import search_pb2_grpc
 from histo.search import SearchEngine
 from histo.settings import GrpcSettings
+from histo.snapshots import SnapshotTaker
 from services.search.errors import NotReadyError
+from services.search.observe import GrpcMetrics, ObservingInterceptor, with_behavior
 from services.search.servicer import SERVICE_NAME, SearchServicer
 
 log = logging.getLogger("services.search")
@@ -91,20 +97,7 @@ def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     def deny(request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
 
-    kinds = (
-        ("unary_unary", grpc.unary_unary_rpc_method_handler),
-        ("unary_stream", grpc.unary_stream_rpc_method_handler),
-        ("stream_unary", grpc.stream_unary_rpc_method_handler),
-        ("stream_stream", grpc.stream_stream_rpc_method_handler),
-    )
-    for attribute, make in kinds:
-        if getattr(handler, attribute, None) is not None:
-            return make(
-                deny,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-    raise AssertionError(f"unknown handler kind: {handler!r}")  # pragma: no cover
+    return with_behavior(handler, lambda _behavior, _kind: deny)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -121,10 +114,13 @@ class SearchServer:
         health_servicer: health.HealthServicer,
         address: str,
         engine: SearchEngine | Callable[[], SearchEngine],
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.grpc_server = server
         self.health = health_servicer
         self.address = address
+        #: The server's Prometheus metrics (``services.search.observe``), for ``serve_metrics``.
+        self.registry = registry if registry is not None else new_registry()
         self._ready = threading.Event()
         self._engine: SearchEngine | None = None
         self._factory: Callable[[], SearchEngine] | None = None
@@ -220,11 +216,15 @@ def create_server(
     *,
     max_workers: int | None = None,
     secrets: Iterable[str] = (),
+    registry: CollectorRegistry | None = None,
+    snapshots: SnapshotTaker | None = None,
 ) -> tuple[SearchServer, int]:
     """Build and bind (not start) the search server on ``cfg.host:cfg.port``; port 0 picks a free
     one, returned beside the server; ``max_workers`` RPC threads (default ``cfg.workers``).
     ``secrets`` are extra values to keep out of messages and logs
-    (the token always is)."""
+    (the token always is). Request metrics go to ``registry`` (default: a new one), which the
+    server keeps as ``.registry``. ``snapshots`` lets clients ask for a snapshot of the index the
+    server owns (``CreateSnapshot``)."""
     token = cfg.token.get_secret_value() if cfg.token is not None else ""
     limit = cfg.max_message_mb * MIB
     options = [
@@ -232,7 +232,11 @@ def create_server(
         ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
     ]
-    interceptors = [TokenInterceptor(token)] if token else []
+    registry = registry if registry is not None else new_registry()
+    # first, so that calls the token check refuses are counted and tagged too
+    interceptors: list[grpc.ServerInterceptor] = [ObservingInterceptor(GrpcMetrics(registry))]
+    if token:
+        interceptors.append(TokenInterceptor(token))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers or cfg.workers, thread_name_prefix="histo-rpc"),
         interceptors=interceptors,
@@ -240,9 +244,12 @@ def create_server(
     )
     health_servicer = health.HealthServicer()
     address = _host_port(cfg.host, cfg.port)
-    wrapper = SearchServer(server, health_servicer, address, engine)
+    wrapper = SearchServer(server, health_servicer, address, engine, registry)
     search_pb2_grpc.add_SearchServiceServicer_to_server(
-        SearchServicer(wrapper.engine, secrets=(token, *secrets)), server
+        SearchServicer(
+            wrapper.engine, secrets=(token, *secrets), snapshots=snapshots, open_snapshots=bool(token)
+        ),
+        server,
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server)

@@ -6,7 +6,7 @@ the engine, and every failure goes through the one table in ``services/search/er
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -19,8 +19,9 @@ from histo.heatmap import DEFAULT_BEST, Heatmap
 from histo.rpc.v1 import search_pb2, search_pb2_grpc
 from histo.search import DEFAULT_TOP_K, EncoderInfo, Feedback, IndexStats, SearchEngine, SearchResult
 from histo.slide_search import DEFAULT_TILES_PER_SLIDE, SlideSearchResult
+from histo.snapshots import SnapshotTaker
 from histo.store import SearchFilter
-from services.search.errors import abort
+from services.search.errors import NotReadyError, abort
 
 SERVICE_NAME: str = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
 
@@ -212,9 +213,17 @@ def tile_response(tile: TileImage) -> search_pb2.GetTileResponse:
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     """Calls ``engine()`` per request: it returns the loaded engine or raises ``NotReadyError``."""
 
-    def __init__(self, engine: Callable[[], SearchEngine], secrets: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        engine: Callable[[], SearchEngine],
+        secrets: Iterable[str] = (),
+        snapshots: SnapshotTaker | None = None,
+        open_snapshots: bool = False,
+    ) -> None:
         self._engine = engine
         self._secrets = tuple(s for s in secrets if s)
+        self._snapshots = snapshots
+        self._open_snapshots = open_snapshots  # True with a token: the interceptor checked the caller
 
     def Search(  # gRPC method names are CamelCase
         self, request: search_pb2.SearchRequest, context: grpc.ServicerContext
@@ -270,6 +279,35 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             return heatmap_response(self._engine().heatmap(**heatmap_kwargs(request)))
         except Exception as exc:
             abort(context, exc, self._secrets, "GetHeatmap")
+
+    def CreateSnapshot(
+        self, request: search_pb2.CreateSnapshotRequest, context: grpc.ServicerContext
+    ) -> Iterator[search_pb2.SnapshotChunk]:
+        if not (self._open_snapshots or is_loopback(context.peer())):
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, SNAPSHOT_REFUSED)
+        try:
+            if self._snapshots is None:
+                raise NotReadyError("this server was started without snapshots; run histocli serve")
+            for index, (snapshot, data) in enumerate(self._snapshots.stream()):
+                if index == 0:
+                    name, size = snapshot.path.name, snapshot.size_bytes
+                    yield search_pb2.SnapshotChunk(name=name, size=size, data=data)
+                else:
+                    yield search_pb2.SnapshotChunk(data=data)
+        except Exception as exc:
+            abort(context, exc, self._secrets, "CreateSnapshot")
+
+
+SNAPSHOT_REFUSED = (
+    "snapshots are sent to loopback clients only unless the server has a token (HISTO_GRPC__TOKEN); "
+    "run histocli index snapshot on the server's machine, or set a token"
+)
+
+
+def is_loopback(peer: str) -> bool:
+    """Whether a gRPC peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``, ``unix:...``)
+    is this machine."""
+    return peer.startswith(("ipv4:127.", "ipv6:[::1]", "unix:"))
 
 
 __all__ = ["SERVICE_NAME", "SearchServicer"]

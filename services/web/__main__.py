@@ -5,19 +5,24 @@ An entry point: the only place in ``services.web`` that reads the settings (``HI
 the embedded index while it runs); with ``--server`` it searches through a running
 ``histocli serve`` with the token of HISTO_GRPC__TOKEN and, for TLS, the CA of ``--tls-ca``
 (default HISTO_GRPC__TLS_CERT). It prints ``open http://HOST:PORT`` and runs until Ctrl-C or
-SIGTERM. Errors are one ``error:`` line on stderr and exit code 1.
+SIGTERM. Errors are one ``error:`` line on stderr and exit code 1. Logs are text or JSON lines
+(HISTO_LOG__FORMAT); Prometheus metrics are at ``/metrics`` (with the index's gauges and the
+embedding times too when the engine runs in this process).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from histo.errors import HistoError
+from histo.observability import configure_logging
+from histo.prometheus import IndexCollector, MeteredEngine, embed_histogram, new_registry
 from histo.settings import Settings, get_settings
 from services.web.app import SearchBackend, create_app
 from services.web.server import WebServer
@@ -26,8 +31,11 @@ MIB = 1024 * 1024
 
 
 @contextlib.contextmanager
-def open_backend(settings: Settings, server: str | None, tls_ca: Path | None) -> Iterator[SearchBackend]:
-    """A ``SearchClient`` of ``server``, or a ``SearchEngine`` over the configured store."""
+def open_backend(
+    settings: Settings, server: str | None, tls_ca: Path | None, registry: CollectorRegistry
+) -> Iterator[SearchBackend]:
+    """A ``SearchClient`` of ``server``, or a ``SearchEngine`` over the configured store (whose
+    figures and embedding times then go to ``registry``)."""
     if server:
         from histo.client import SearchClient
 
@@ -35,7 +43,6 @@ def open_backend(settings: Settings, server: str | None, tls_ca: Path | None) ->
         with SearchClient(server, token=settings.grpc.token, tls_ca=ca) as client:
             yield client
         return
-    from histo.search import SearchEngine
     from histo.store import open_store
 
     store = open_store(
@@ -43,10 +50,14 @@ def open_backend(settings: Settings, server: str | None, tls_ca: Path | None) ->
         api_key=settings.qdrant.api_key,
         path=settings.index_dir,
         collection=settings.qdrant.collection,
+        options=settings.qdrant.index_options(),
     )
     grpc = settings.grpc  # concurrent uploads batched on one embedding thread, as the gRPC server does
     with store:
-        engine = SearchEngine.from_settings(store, settings, batching=grpc.batching())
+        registry.register(IndexCollector(store))
+        engine = MeteredEngine.from_settings(
+            store, settings, batching=grpc.batching(), embed_seconds=embed_histogram(registry)
+        )
         try:
             yield engine
         finally:
@@ -72,21 +83,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-ca", type=Path, default=None, help="CA certificate (PEM) for a TLS server")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     options = parser.parse_args(argv)
-    logging.basicConfig(
-        level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(options.log_level, settings.log.format)
+    registry = new_registry()
     token = settings.web.token.get_secret_value() if settings.web.token else None
     secrets = [s.get_secret_value() for s in (settings.grpc.token, settings.qdrant.api_key) if s is not None]
     try:
-        with open_backend(settings, options.server, options.tls_ca) as backend:
+        with open_backend(settings, options.server, options.tls_ca, registry) as backend:
             app = create_app(
                 backend,
                 token=token,
                 max_upload_bytes=settings.grpc.max_message_mb * MIB,
                 max_pixels=settings.images.max_pixels,
                 secrets=secrets,
+                registry=registry,
             )
-            web = WebServer(app, options.host, options.port, log_level=options.log_level.lower())
+            json_logs = settings.log.format == "json"
+            web = WebServer(
+                app, options.host, options.port, options.log_level.lower(), uvicorn_logging=not json_logs
+            )
             print(f"searching {describe(backend, options.server)}", flush=True)
             print(f"open {web.url} in a browser{' (token required)' if token else ''}", flush=True)
             with contextlib.suppress(KeyboardInterrupt):

@@ -13,6 +13,10 @@ Safety, in the order a request meets it:
   ``<img src=/api/tiles/…>`` works); else 401.
 * **Errors** go through the one table of ``services/web/errors.py`` and are JSON, never a trace.
 
+Every request is counted and timed, and runs under a request id (``services/web/observe.py``);
+Prometheus scrapes ``GET /metrics`` on the page's own port, the place it looks by default (no
+token: like ``/api/health`` it is for the operator's tools, and it holds figures, not data).
+
 The OpenAPI description is at ``/api/openapi.json``; FastAPI's interactive docs are off because they
 load their scripts from a CDN, and the page must work without the internet.
 """
@@ -26,6 +30,7 @@ from typing import Any, Protocol
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -35,10 +40,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from histo.data.tile_source import TileImage, TileView
 from histo.errors import HistoError
 from histo.heatmap import Heatmap
+from histo.prometheus import new_registry
 from histo.search import EncoderInfo, Feedback, IndexStats, SearchResult
 from histo.slide_search import SlideSearchResult
 from histo.store import SearchFilter
 from services.web.errors import HttpError, UnauthorisedError, describe_validation, http_error_of
+from services.web.observe import HttpMetrics, Observe, templates_of
 
 STATIC = Path(__file__).parent / "static"
 TOKEN_COOKIE = "histo_token"
@@ -210,8 +217,10 @@ def create_app(
     max_pixels: int = 250_000_000,
     secrets: Iterable[str] = (),
     title: str = "histo",
+    registry: CollectorRegistry | None = None,
 ) -> FastAPI:
-    """The page and the API over ``backend`` (see the module docstring)."""
+    """The page and the API over ``backend`` (see the module docstring); request metrics go to
+    ``registry`` (default: a new one), served at ``/metrics``."""
     from services.web.api import router
 
     app = FastAPI(
@@ -260,6 +269,9 @@ def create_app(
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.add_middleware(BodyLimit, limit=max_upload_bytes)
+    metrics = HttpMetrics(registry if registry is not None else new_registry())
+    templates = [*templates_of(router.routes, "/api"), *templates_of(app.router.routes)]
+    app.add_middleware(Observe, metrics=metrics, templates=templates)  # outermost: sees every answer
     return app
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.config import LOGGING_CONFIG
 
 from histo.errors import InvalidInputError
 
@@ -56,12 +57,22 @@ class WebServer:
     """uvicorn serving ``app`` on an already bound socket."""
 
     def __init__(
-        self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+        self,
+        app: FastAPI,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        uvicorn_logging: bool = True,
     ) -> None:
+        """``uvicorn_logging=False`` leaves uvicorn's lines to the root logger's handlers (as
+        ``histo.observability.configure_logging`` set them: JSON lines stay JSON)."""
         self.socket = bind(host, port)
         self.host = host
         self.port: int = self.socket.getsockname()[1]
-        self.server = _Server(uvicorn.Config(app, log_level=log_level, access_log=False))
+        log_config = LOGGING_CONFIG if uvicorn_logging else None
+        self.server = _Server(
+            uvicorn.Config(app, log_level=log_level, access_log=False, log_config=log_config)
+        )
         self._thread: threading.Thread | None = None
 
     @property

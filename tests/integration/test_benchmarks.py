@@ -162,3 +162,32 @@ def test_query_modes_report(query_modes: dict[str, Any]) -> None:
         expected = row["median_ms"] / rows[row["baseline"]]["median_ms"]
         assert row["ratio"] == pytest.approx(expected, rel=0.05, abs=0.01)
     assert rows["nearest"]["ratio"] == 1.0 and rows["nearest_filtered"]["ratio"] == 1.0
+
+
+def test_quantization_report(results: Path) -> None:
+    r = _report(results, "quantization")
+    small = r["small"]
+    assert set(r["layouts"]) <= set(small) and r["default"] == "int8"
+    for label in r["layouts"]:
+        row = small[label]
+        _latency(row["latency"]["filtered"])
+        assert 0.0 <= row["recall_at_10"]["filtered"] <= 1.0 and row["disk_mib"] > 0
+        assert row["filtered_p50_ratio_to_faiss_hnsw"] > 0
+    assert small["int8"]["recall_at_10"]["unfiltered"] >= 0.9  # rescored with the float vectors
+    assert r["centring"]["pooled"]["positive_share_of_dimensions"] == 1.0
+    assert 0.5 < r["centring"]["clipped"]["positive_share_of_dimensions"] < 1.0
+    keys = ("binary_recall_at_10_raw", "binary_recall_at_10_centred", "exact_top10_overlap_centred_vs_raw")
+    for kind in ("clipped", "pooled"):
+        assert all(0.0 <= r["centring"][kind][key] <= 1.0 for key in keys)
+    assert r["big"] is None  # the million-tile build is a full run's figure only
+
+
+def test_server_model_report(results: Path) -> None:
+    r = _report(results, "server_model")
+    assert set(r["models"]) == {"threads", "aio"}
+    for model in r["models"].values():
+        _latency(model["search_by_id"])
+        assert model["loaded"]["errors"] == 0 and model["loaded"]["calls_per_s"] > 0
+        assert model["overhead_p50_ms"] == pytest.approx(
+            model["search_by_id"]["p50_ms"] - r["in_process_search_by_id"]["p50_ms"], abs=1e-3
+        )

@@ -140,3 +140,26 @@ def test_histo_services_are_configured_only_by_known_histo_variables(compose: di
     assert used
     unknown = sorted(v for v in used if setting_of(v) not in paths)
     assert not unknown, f"not fields of histo.settings.Settings: {unknown}"
+
+
+def test_metrics_ports_are_served_and_published_on_loopback(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    search, worker = _environment(services["search"]), _environment(services["worker"])
+    assert search["HISTO_METRICS__SEARCH_PORT"] == "9464" and search["HISTO_METRICS__HOST"] == "0.0.0.0"
+    assert "127.0.0.1:9464:9464" in services["search"]["ports"]
+    # a worker's metrics stay inside the compose network: `--scale worker=N` cannot share a host port
+    assert worker["HISTO_METRICS__WORKER_PORT"] == "9465" and worker["HISTO_METRICS__HOST"] == "0.0.0.0"
+    assert [str(p) for p in services["worker"]["expose"]] == ["9465"] and "ports" not in services["worker"]
+    # the page serves /metrics on its own, published port
+    assert "127.0.0.1:8080:8080" in services["web"]["ports"]
+    exposed = DOCKERFILE.read_text().split("EXPOSE", 1)[1].splitlines()[0].split()
+    assert {"9464", "9465"} <= set(exposed)
+
+
+def test_snapshots_live_in_their_own_volume_under_histo_home(compose: dict[str, Any]) -> None:
+    """``histocli index snapshot`` writes to HISTO_HOME/snapshots by default (cli/index_ops.py)."""
+    assert "snapshots" in compose["volumes"]
+    home = compose["x-histo-env"]["HISTO_HOME"]
+    for name in ("search", "cli"):
+        assert f"snapshots:{home}/snapshots" in compose["services"][name]["volumes"], name
+    assert f"mkdir -p {home}/snapshots" in DOCKERFILE.read_text()  # the new volume starts owned by histo

@@ -14,10 +14,10 @@ from histo.data.datasets import scan_dataset
 from histo.data.synth import write_synthetic
 from histo.data.tiling import TilingConfig
 from histo.embedding import Embedder
-from histo.encoders.baselines import make_baseline_artifact
 from histo.ingest import Ingestor, ingest
 from histo.settings import get_settings
 from histo.store import EdgeStore
+from tests.helpers import baseline_embedders
 
 runner = CliRunner()
 
@@ -35,13 +35,7 @@ def bach(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def encoders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Embedder]:
-    folder = tmp_path_factory.mktemp("encoders")
-    return {
-        name: Embedder.from_artifact(
-            make_baseline_artifact(name, folder / name, input_size=32), orientation_pooling=1
-        )
-        for name in ("colorhist", "random")
-    }
+    return baseline_embedders(tmp_path_factory.mktemp("encoders"))
 
 
 def test_every_tile_lands_once_with_every_vector_and_reruns_skip(

@@ -49,6 +49,7 @@ def test_package_mirrors_the_path_and_comments_reach_the_stubs() -> None:
         "GetTile",
         "SearchSlides",
         "GetHeatmap",
+        "CreateSnapshot",
     }
     assert "max similarity" in (REPO / "proto" / "histo" / "rpc" / "v1" / "search.proto").read_text().lower()
     assert "top_k indexed tiles" in (search_pb2_grpc.SearchServiceServicer.Search.__doc__ or "")

@@ -297,6 +297,7 @@ def test_stats_count_points_vectors_datasets_and_labels(
         by_label.setdefault(p["dataset"], Counter())[p["label"]] += 1
     assert filled.stats() == {
         "collection": "histo",
+        "quantization": "int8",
         "points": N,
         "vectors": {"a": {"dim": 8, "points": N}, "b": {"dim": 16, "points": N // 5}},
         "datasets": dict(sorted(Counter(p["dataset"] for p in payloads).items())),

@@ -345,3 +345,17 @@ class GetHeatmapResponse(_message.Message):
     best_boxes: _containers.RepeatedCompositeFieldContainer[Box]
     best_scores: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, image: _Optional[bytes] = ..., media_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., best_boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., best_scores: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class CreateSnapshotRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SnapshotChunk(_message.Message):
+    __slots__ = ("name", "size", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...

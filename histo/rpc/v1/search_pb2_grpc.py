@@ -65,6 +65,11 @@ class SearchServiceStub:
                 request_serializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetHeatmapRequest.SerializeToString,
                 response_deserializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetHeatmapResponse.FromString,
                 _registered_method=True)
+        self.CreateSnapshot = channel.unary_stream(
+                '/histo.rpc.v1.SearchService/CreateSnapshot',
+                request_serializer=histo_dot_rpc_dot_v1_dot_search__pb2.CreateSnapshotRequest.SerializeToString,
+                response_deserializer=histo_dot_rpc_dot_v1_dot_search__pb2.SnapshotChunk.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -124,6 +129,16 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSnapshot(self, request, context):
+        """A snapshot of the whole index (`histocli index snapshot` asks for one while this server owns
+        the embedded index): taken by the server under the store's lock after a flush, so that no
+        write lands half in it, and streamed as the snapshot file's bytes. Only for a client on the
+        loopback interface, or any client when the server has a token; others get PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +171,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.GetHeatmap,
                     request_deserializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetHeatmapRequest.FromString,
                     response_serializer=histo_dot_rpc_dot_v1_dot_search__pb2.GetHeatmapResponse.SerializeToString,
+            ),
+            'CreateSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.CreateSnapshot,
+                    request_deserializer=histo_dot_rpc_dot_v1_dot_search__pb2.CreateSnapshotRequest.FromString,
+                    response_serializer=histo_dot_rpc_dot_v1_dot_search__pb2.SnapshotChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -321,6 +341,33 @@ class SearchService:
             '/histo.rpc.v1.SearchService/GetHeatmap',
             histo_dot_rpc_dot_v1_dot_search__pb2.GetHeatmapRequest.SerializeToString,
             histo_dot_rpc_dot_v1_dot_search__pb2.GetHeatmapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/histo.rpc.v1.SearchService/CreateSnapshot',
+            histo_dot_rpc_dot_v1_dot_search__pb2.CreateSnapshotRequest.SerializeToString,
+            histo_dot_rpc_dot_v1_dot_search__pb2.SnapshotChunk.FromString,
             options,
             channel_credentials,
             insecure,
