@@ -461,6 +461,8 @@ class EdgeStore(StoreBase):
             self._shard = qe.EdgeShard.create(str(self._shard_dir), self._config(**dims))
 
     def _add_vector(self, name: str, dim: int) -> None:
+        """The collection's quantization covers the new vector too; its float copy stays cached
+        (``create_dense_vector`` takes no memory placement), unlike those the collection began with."""
         with self._engine(f"add vector {name!r}"):
             self._require().update(qe.UpdateOperation.create_dense_vector(name, dim, qe.Distance.Cosine))
 
