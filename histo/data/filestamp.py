@@ -6,7 +6,7 @@ and ``index prune`` can tell unchanged, edited and vanished files apart without 
 * **mtime in integer microseconds** (``st_mtime_ns // 1000``): compared for equality, which a
   float of seconds cannot do exactly, and below 2**53, so it crosses the gRPC service's
   ``Struct`` payloads (doubles) unchanged, as nanoseconds (~1.8e18) would not.
-* **SHA-256 of the bytes**, streamed in 1 MiB blocks (``sha256:<hex>``, checkable with
+* **SHA-256 of the bytes**, streamed by ``hashlib.file_digest`` (``sha256:<hex>``, checkable with
   ``sha256sum``): 1.45 GB/s here with the CPU's SHA extensions, against 0.95 GB/s for BLAKE2b.
 * **When to hash.** An ingest hashes every file once (I/O-bound, on a few threads: ``hashlib``
   lets go of the GIL; at most one more read of files that tiling reads anyway). ``ingest --sync``
@@ -31,7 +31,6 @@ from tqdm import tqdm
 from histo.data.records import ImageRecord
 
 HASH_ALGORITHM = "sha256"
-_BLOCK = 1 << 20
 #: Files hashed at once: enough to keep a disk or a network share busy, few enough not to thrash it.
 HASH_THREADS = 4
 
@@ -64,11 +63,8 @@ def stat_file(path: Path) -> FileStamp:
 
 def hash_file(path: Path) -> str:
     """``sha256:<hex>`` of the file's bytes, read in blocks (a slide never sits in memory)."""
-    digest = hashlib.new(HASH_ALGORITHM)
     with open(path, "rb") as handle:
-        while block := handle.read(_BLOCK):
-            digest.update(block)
-    return f"{HASH_ALGORITHM}:{digest.hexdigest()}"
+        return f"{HASH_ALGORITHM}:{hashlib.file_digest(handle, HASH_ALGORITHM).hexdigest()}"
 
 
 def stamp_records(
