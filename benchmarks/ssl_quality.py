@@ -104,7 +104,7 @@ def one_seed(seed: int, budget: Budget, methods: list[str], inits: list[str], wo
         config = TrainConfig(
             method=method,
             data=work / "data" / "bach",
-            dataset="bach",
+            layout="bach",
             home=work,
             out=work / "encoders" / f"{method}-{init}",
             steps=budget.steps,

@@ -55,7 +55,7 @@ def steps_per_second(tiles: TileSet, method: str = "simclr", workers: int = 0, *
     )
     views = ViewTiles(tiles.pixels, np.arange(len(tiles)), label_indices(tiles), model.train_transform())
     loader = DataLoader(views, batch_size=BATCH, shuffle=True, drop_last=True, num_workers=workers)
-    config = TrainConfig(method=method, data=Path("."), dataset="bach", home=Path("."), devices="cpu")
+    config = TrainConfig(method=method, data=Path("."), layout="bach", home=Path("."), devices="cpu")
     return statistics.median(measure_steps_per_second(model, loader, config) for _ in range(5))
 
 

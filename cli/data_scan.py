@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from cli.common import (
     MIN_TISSUE,
@@ -15,7 +14,9 @@ from cli.common import (
     TILE_SIZE,
     console,
     domain_errors,
+    pick_layout,
     settings_of,
+    table,
     tiling_config,
 )
 from histo.data.datasets import scan_dataset
@@ -26,7 +27,12 @@ from histo.data.inspect import ScanReport, inspect_scan
 def scan(
     ctx: typer.Context,
     root: Path = typer.Argument(..., help="The data set folder, as downloaded."),
-    dataset: str = typer.Option(..., "--dataset", "-d", help="bracs, bach, crc or folder."),
+    layout: str | None = typer.Option(
+        None,
+        "--layout",
+        help="How the folder is laid out: bracs, bach, crc, folder (class folders) or slides.",
+    ),
+    dataset: str | None = typer.Option(None, "--dataset", "-d", help="The old spelling of --layout."),
     decode: bool = typer.Option(
         False, "--decode", help="Decode every image: exact tile counts, finds corrupt files."
     ),
@@ -39,7 +45,7 @@ def scan(
     """Count images and tiles per split and label, and list every problem found."""
     settings = settings_of(ctx)
     config = tiling_config(settings, tile_size, stride, target_mpp, min_tissue)
-    result = scan_dataset(root, dataset)
+    result = scan_dataset(root, pick_layout(layout, dataset))
     report = inspect_scan(result, config, settings.images.max_pixels, decode=decode, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
@@ -49,13 +55,11 @@ def scan(
 
 def _print_report(report: ScanReport) -> None:
     tiles_title = "tiles" if report.exact else "grid tiles (before tissue test)"
-    table = Table(title=f"{report.dataset} at {report.root}")
-    for column in ("split", "label", "images", tiles_title):
-        table.add_column(column, justify="right" if column != "label" else "left")
+    shown = table(("split", "label", "images", tiles_title), f"{report.dataset} at {report.root}")
     for key in sorted(report.images):
-        table.add_row(key[0], key[1], str(report.images[key]), str(report.tiles[key]))
-    table.add_row("all", "", str(sum(report.images.values())), str(sum(report.tiles.values())), style="bold")
-    console.print(table)
+        shown.add_row(key[0], key[1], str(report.images[key]), str(report.tiles[key]))
+    shown.add_row("all", "", str(sum(report.images.values())), str(sum(report.tiles.values())), style="bold")
+    console.print(shown, crop=False)
     if not report.exact:
         console.print(
             "tile counts are grid upper bounds; --decode applies the tissue test and finds corrupt files"

@@ -31,6 +31,12 @@ def synth(
         "--wsi",
         help="Whole-slide images instead: pyramidal TIFFs and slides.csv (--slides per class).",
     ),
+    class_folders: bool = typer.Option(
+        False,
+        "--class-folders",
+        help="Write OUT/<label>/<image>.png, as a lab's own folder of class sub-folders (layout folder), "
+        "instead of the data set's own layout.",
+    ),
 ) -> None:
     """Write synthetic H&E whose class signal is morphology, not colour (numbers are synthetic)."""
     from histo.data.synth import contact_sheet, write_synthetic  # imported on use: keeps --help fast
@@ -41,14 +47,24 @@ def synth(
         written = write_synthetic_slides(dataset.value, out, slides_per_class=slides, seed=seed)
         console.print(
             f"wrote {len(written)} synthetic {dataset.value} whole-slide images (pyramidal TIFF, 0.5 µm/px) "
-            f"and slides.csv -> {out}; ingest with: histocli ingest {out} --dataset slides"
+            f"and slides.csv -> {out}; ingest with: histocli ingest {out} --layout slides"
         )
         return
 
-    summary = write_synthetic(dataset.value, out, slides=slides, tiles_per_slide=tiles_per_slide, seed=seed)
+    summary = write_synthetic(
+        dataset.value,
+        out,
+        slides=slides,
+        tiles_per_slide=tiles_per_slide,
+        seed=seed,
+        class_folders=class_folders,
+    )
+    layout = "folder" if class_folders else dataset.value
     console.print(
         f"wrote synthetic {summary.dataset}: {summary.slides} slides, {summary.images} images, "
-        f"{summary.tiles} tiles -> {summary.root}"
+        f"{summary.tiles} tiles -> {summary.root}; ingest with: histocli ingest {out} --layout {layout}",
+        highlight=False,
+        soft_wrap=True,
     )
     if sheet:
         png = contact_sheet(dataset.value, out / "contact_sheet.png", seed=seed)

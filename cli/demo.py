@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
-from cli.common import console, domain_errors, settings_of
+from cli.common import console, domain_errors, settings_of, table
 
 
 @domain_errors
@@ -36,12 +35,11 @@ def demo(
         result = run_demo(config, store, say=lambda line: console.print(f"[bold]demo:[/bold] {line}"))
     for dataset, results in result.tables.items():
         header, rows = comparison_table(results, [1, 5, 10], ["mMV@5", "mAP@5", "P@5", "mMV@10", "Acc@1"])
-        table = Table(title=f"{dataset} (SYNTHETIC data): leave-one-out, own image and slide excluded")
-        for column in header:
-            table.add_column(column, justify="left" if column == "encoder" else "right", no_wrap=True)
+        title = f"{dataset} (SYNTHETIC data): leave-one-out, own image and slide excluded"
+        shown = table(header, title, numeric=[c for c in header if c != "encoder"])
         for row in rows:
-            table.add_row(*[cell.replace("**", "") for cell in row])
-        console.print(table, crop=False)
+            shown.add_row(*[cell.replace("**", "") for cell in row])
+        console.print(shown, crop=False)
         console.print(f"report: {result.reports[dataset]}")
     example = result.example
     query = example["query"]

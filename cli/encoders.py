@@ -5,33 +5,46 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from cli.common import console, domain_errors, settings_of
+from cli.common import console, domain_errors, settings_of, table
 
-app = typer.Typer(help="List encoders and trained artifacts; import solo-learn checkpoints.")
+app = typer.Typer(
+    help="Without a command: list the registered methods and baselines, and the trained artifacts "
+    "(with the digest their vectors are stamped with). import: turn a solo-learn checkpoint into one.",
+    rich_markup_mode=None,
+    add_completion=False,
+)
 
 
 @app.callback(invoke_without_command=True)
 @domain_errors
 def list_encoders(ctx: typer.Context) -> None:
-    """Registered methods and baselines, then the artifacts under HISTO_HOME/encoders."""
+    """List the registered methods and baselines, then the artifacts under HISTO_HOME/encoders
+    (the digest is what each vector in the index records of the artifact that made it)."""
     if ctx.invoked_subcommand is not None:
         return
-    from histo.encoders.artifact import list_artifacts
+    from histo.encoders.artifact import artifact_digest, list_artifacts
     from histo.encoders.registry import get_spec, names
 
-    table = Table(title="registered encoders")
-    for column in ("name", "kind", "available", "summary"):
-        table.add_column(column)
+    registered = table(("name", "kind", "available", "summary"), "registered encoders")
     for name in names():
         spec = get_spec(name)
-        table.add_row(name, spec.kind, "yes" if spec.available() else "not installed", spec.summary)
-    console.print(table)
-    artifacts = Table(title=f"artifacts in {settings_of(ctx).encoders_dir}")
-    for column in ("name", "method", "backbone", "dim", "input", "orientations", "trained on", "kNN acc"):
-        artifacts.add_column(column)
-    for folder, meta in list_artifacts(settings_of(ctx).encoders_dir):
+        registered.add_row(name, spec.kind, "yes" if spec.available() else "not installed", spec.summary)
+    console.print(registered, crop=False)
+    encoders_dir = settings_of(ctx).encoders_dir
+    columns = (
+        "name",
+        "method",
+        "backbone",
+        "dim",
+        "input",
+        "orientations",
+        "trained on",
+        "kNN acc",
+        "digest",
+    )
+    artifacts = table(columns, f"artifacts in {encoders_dir}", numeric=("dim", "input", "orientations"))
+    for folder, meta in list_artifacts(encoders_dir):
         trained_on = f"{meta.data.get('dataset', '-')} ({meta.data.get('tiles', '-')} tiles)"
         knn = meta.training.get("val_knn_acc")
         artifacts.add_row(
@@ -43,11 +56,12 @@ def list_encoders(ctx: typer.Context) -> None:
             str(meta.orientation_pooling),
             trained_on,
             f"{knn:.3f}" if isinstance(knn, float) else "-",
+            artifact_digest(folder),
         )
-    console.print(artifacts)
+    console.print(artifacts, crop=False)
 
 
-@app.command("import")
+@app.command("import", short_help="Turn a solo-learn checkpoint into an artifact.")
 @domain_errors
 def import_checkpoint(
     ctx: typer.Context,

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
-from cli.common import Fusion, console, domain_errors, open_index, settings_of
+from cli.common import Fusion, console, domain_errors, open_index, settings_of, table
 from histo.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -41,7 +40,7 @@ def evaluate(
     encoders: str = typer.Option(
         "all", "--encoders", "-e", help="all (every vector in the index) or a comma list."
     ),
-    k: str = typer.Option("1,5,10", "-k", help="Cut-offs, comma separated."),
+    k: str = typer.Option("1,5,10", "-k", "--cutoffs", help="Cut-offs k of the metrics, comma separated."),
     out: Path | None = typer.Option(
         None, "--out", help="Report folder (default HISTO_HOME/reports/DATASET)."
     ),
@@ -100,14 +99,10 @@ def evaluate(
         title = f"retrieval on {dataset} (leave-one-out, own image and slide excluded)"
     main = [c for k_ in ks for c in (f"mMV@{k_}", f"mAP@{k_}")] + ["Acc@1"]
     header, rows = comparison_table(results, ks, main)
-    table = Table(title=title)
-    for column in header:
-        table.add_column(
-            column, justify="left" if column == "encoder" else "right", no_wrap=True, min_width=len(column)
-        )
+    shown = table(header, title, numeric=[c for c in header if c != "encoder"])
     for row in rows:
-        table.add_row(*[cell.replace("**", "") for cell in row])
-    console.print(table, crop=False)
+        shown.add_row(*[cell.replace("**", "") for cell in row])
+    console.print(shown, crop=False)
     if rounds:
         _print_feedback(rounds, dataset)
         console.print(f"feedback plot: {write_feedback(rounds, dataset, folder)}")
@@ -115,13 +110,10 @@ def evaluate(
 
 
 def _print_feedback(rounds: list[FeedbackFigures], dataset: str) -> None:
-    table = Table(title=f"one simulated feedback round on {dataset} (top 10 judged by label)")
     columns = ("encoder", "strategy", "queries", "P@10 first page", "P@10 next page (11-20)", "P@10 after")
-    for column in columns:
-        left = column in ("encoder", "strategy")
-        table.add_column(column, justify="left" if left else "right", min_width=min(len(column), 14))
+    shown = table(columns, f"one simulated feedback round on {dataset} (top 10 judged by label)", columns[2:])
     for f in rounds:
-        table.add_row(
+        shown.add_row(
             f.encoder, f.strategy, str(f.queries), f"{f.first:.3f}", f"{f.next_page:.3f}", f"{f.after:.3f}"
         )
-    console.print(table, crop=False)
+    console.print(shown, crop=False)

@@ -4,44 +4,80 @@ points of vanished files, and removing it all."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import typer
-from rich.table import Table
 
-from cli.common import console, domain_errors, err_console, open_index, settings_of
+from cli import common
+from cli.common import console, domain_errors, err_console, open_index, settings_of, table
+from histo.settings import Settings
 
-app = typer.Typer(help="Inspect or drop the vector index.", no_args_is_help=True)
+app = common.app(
+    "What the index holds (stats), slide mosaics, removing vanished files (prune) or everything "
+    "(drop), and backups and moves (snapshot, restore, migrate)."
+)
 
 
-@app.command("stats")
+@app.command("stats", short_help="Points per encoder, data set (with layout) and label.")
 @domain_errors
-def stats(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Points, vectors per encoder, and points per data set and label."""
+def stats(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    server: str | None = typer.Option(
+        None, "--server", help="HOST:PORT of the histocli serve that owns the index (ask it instead)."
+    ),
+    tls_ca: Path | None = typer.Option(None, "--tls-ca", help="CA certificate (PEM) for a TLS server."),
+) -> None:
+    """Points; vectors per encoder with the artifacts that made them; data sets with their layouts
+    and tiles per label."""
     settings = settings_of(ctx)
-    with open_index(settings) as store:
-        figures = store.stats()
-        where = store.description
+    if server:
+        figures, where = _stats_of_server(settings, server, tls_ca)
+    else:
+        with open_index(settings) as store:
+            figures, where = store.stats(), store.description
     if as_json:
         typer.echo(json.dumps(figures, indent=2, default=str))
         return
     layout = f", vectors quantized {figures['quantization']}" if figures.get("quantization") else ""
-    console.print(f"index {where}: {figures.get('points', 0)} points{layout}")
-    vectors = Table(title="vectors per encoder")
-    for column in ("encoder", "dim", "points"):
-        vectors.add_column(column, justify="left" if column == "encoder" else "right")
+    console.print(f"index {where}: {figures.get('points', 0)} points{layout}", highlight=False)
+    vectors = table(
+        ("encoder", "dim", "points", "made by artifact (digest: points)"), numeric=("dim", "points")
+    )
+    made = figures.get("artifacts") or {}
     for name, info in sorted(figures.get("vectors", {}).items()):
-        vectors.add_row(name, str(info["dim"]), str(info["points"]))
-    console.print(vectors)
-    labels = Table(title="points per data set and label")
-    for column in ("dataset", "label", "points"):
-        labels.add_column(column)
+        stamps = ", ".join(f"{d}: {n}" for d, n in (made.get(name) or {}).items()) or "-"
+        vectors.add_row(name, str(info["dim"]), str(info["points"]), stamps)
+    console.print(vectors, crop=False)
+    layouts = figures.get("layouts") or {}
+    labels = table(("dataset", "layout", "label", "points"), numeric=("points",))
     for dataset, per_label in sorted(figures.get("labels", {}).items()):
+        kind = ", ".join(layouts.get(dataset) or {}) or "-"
         for label, count in sorted(per_label.items()):
-            labels.add_row(dataset, label, str(count))
-    console.print(labels)
+            labels.add_row(dataset, kind, label, str(count))
+    console.print(labels, crop=False)
 
 
-@app.command("mosaics")
+def _stats_of_server(settings: Settings, server: str, tls_ca: Path | None) -> tuple[dict[str, Any], str]:
+    """The server's ``GetIndexStats`` in the shape of ``VectorStore.stats`` (it has no layouts
+    or artifact digests: those need the index itself)."""
+    from histo.client import SearchClient
+
+    with SearchClient(server, token=settings.grpc.token, tls_ca=tls_ca or settings.grpc.tls_cert) as client:
+        found = client.stats()
+    figures = {
+        "collection": found.collection,
+        "points": found.points,
+        "vectors": found.vectors,
+        "datasets": found.datasets,
+        "labels": found.labels,
+        "searchable_encoders": found.encoders,
+    }
+    return figures, f"of the search service at {server}"
+
+
+@app.command("mosaics", short_help="Choose the slides' mosaics (for slide search) anew.")
 @domain_errors
 def mosaics(
     ctx: typer.Context,
@@ -49,17 +85,19 @@ def mosaics(
     encoder: str = typer.Option(..., "--encoder", "-e", help="The encoder whose vectors choose the mosaics."),
 ) -> None:
     """Choose every whole-slide image's mosaic (representative tiles for slide search) anew."""
+    from histo.query_checks import require_dataset
     from histo.slide_search import build_mosaics, slide_ids_of
 
     settings = settings_of(ctx)
     with open_index(settings) as store:
+        require_dataset(store, dataset)
         chosen = build_mosaics(store, encoder, dataset, slide_ids_of(store, dataset), keep_encoder=False)
     console.print(
         f"{len(chosen)} slides of {dataset}: {sum(chosen.values())} mosaic tiles chosen with {encoder}"
     )
 
 
-@app.command("prune")
+@app.command("prune", short_help="Remove the points of files gone from disk.")
 @domain_errors
 def prune(
     ctx: typer.Context,
@@ -111,7 +149,7 @@ def prune(
         console.print(f"removed {removed} points of {len(plan.gone)} files", highlight=False)
 
 
-@app.command("drop")
+@app.command("drop", short_help="Delete the whole index (asks first).")
 @domain_errors
 def drop(ctx: typer.Context, yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask.")) -> None:
     """Delete every point and vector of the index (asks first)."""

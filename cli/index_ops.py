@@ -24,7 +24,7 @@ from histo.settings import Settings
 MIB = 1024 * 1024
 
 
-@app.command("snapshot")
+@app.command("snapshot", short_help="Back the index up to one file.")
 @domain_errors
 def snapshot(
     ctx: typer.Context,
@@ -104,7 +104,7 @@ def _through_service(
     return read_manifest(path), time.perf_counter() - started
 
 
-@app.command("restore")
+@app.command("restore", short_help="Replace the index with a snapshot, checked first.")
 @domain_errors
 def restore(
     ctx: typer.Context,
@@ -145,7 +145,7 @@ def restore(
     )
 
 
-@app.command("migrate")
+@app.command("migrate", short_help="Copy the index to or from a Qdrant server.")
 @domain_errors
 def migrate(
     ctx: typer.Context,

@@ -1,4 +1,4 @@
-"""``histocli ingest DIR -d NAME --queue`` and ``histocli ingest --attach JOB_ID``.
+"""``histocli ingest DIR --layout LAYOUT [--name NAME] --queue`` and ``histocli ingest --attach JOB_ID``.
 
 The queue path scans and plans here (image headers only), records the job in Redis, sends one
 ``histo.embed_batch`` task per batch by name (this package never imports ``workers``), then follows
@@ -12,6 +12,7 @@ import dataclasses
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from cli.common import console, err_console, open_index
 from histo.data.tiling import TilingConfig
-from histo.errors import HistoError, InvalidInputError, NotFoundError, StoreLockedError
+from histo.errors import HistoError, NotFoundError, StoreLockedError
 from histo.jobs import JobSnapshot, JobTracker, plan_batches
 from histo.queue_config import DEFAULT_QUEUE, EMBED_BATCH_TASK, celery_config
 from histo.settings import Settings
@@ -60,33 +61,40 @@ def connect_redis(url: str) -> Redis:
     return client
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a queued ingest reads: the folder, its layout, and the data set name it gets."""
+
+    root: Path
+    layout: str
+    name: str
+
+
 def run(
     settings: Settings,
-    root: Path | None,
-    dataset: str | None,
-    encoders: str,
+    target: Target,
+    folders: dict[str, Path],
     config: TilingConfig,
     tiles_per_batch: int,
-    attach: str | None,
     as_json: bool,
     mpp: float | None = None,
+    no_reembed: bool = False,
 ) -> None:
-    """Submit a new job (or attach to one), follow it to the end and print its summary; then choose
-    the mosaics of the whole-slide images it indexed (for slide search)."""
-    if attach is not None:
-        if root is not None or dataset is not None:
-            raise InvalidInputError(
-                "--attach follows an existing job; give it alone, without a folder or --dataset"
-            )
-        tracker = JobTracker(connect_redis(settings.redis.url), attach)
-        tracker.snapshot()  # NotFoundError (listing recent jobs) before any bar is drawn
-    elif root is None or dataset is None:
-        raise InvalidInputError("give the data set folder and --dataset NAME (or --attach JOB_ID)")
-    else:
-        client = connect_redis(settings.redis.url)
-        tracker = submit(
-            settings, client, root, dataset, encoders, config, tiles_per_batch, quiet=as_json, mpp=mpp
-        )
+    """Submit a new job, follow it to the end and print its summary; then choose the mosaics of
+    the whole-slide images it indexed (for slide search)."""
+    client = connect_redis(settings.redis.url)
+    tracker = submit(settings, client, target, folders, config, tiles_per_batch, as_json, mpp, no_reembed)
+    finish(settings, tracker, as_json)
+
+
+def attach(settings: Settings, job_id: str, as_json: bool) -> None:
+    """Follow a job already queued (``--attach``) to the end, as ``run`` does."""
+    tracker = JobTracker(connect_redis(settings.redis.url), job_id)
+    tracker.snapshot()  # NotFoundError (listing recent jobs) before any bar is drawn
+    finish(settings, tracker, as_json)
+
+
+def finish(settings: Settings, tracker: JobTracker, as_json: bool) -> None:
     snapshot = follow(tracker, settings.redis.url, progress=not as_json)
     report(snapshot, settings, as_json)
     mosaics = refresh_mosaics(settings, snapshot.dataset, list(snapshot.encoders))
@@ -123,28 +131,36 @@ def refresh_mosaics(settings: Settings, dataset: str, encoders: list[str]) -> di
 def submit(
     settings: Settings,
     client: Redis,
-    root: Path,
-    dataset: str,
-    encoders: str,
+    target: Target,
+    folders: dict[str, Path],
     config: TilingConfig,
     tiles_per_batch: int,
     quiet: bool = False,
     mpp: float | None = None,
+    no_reembed: bool = False,
 ) -> JobTracker:
-    """Scan, plan, record the job and send one task per batch."""
+    """Scan, plan, record the job and send one task per batch. Each task carries the digest of
+    every encoder's artifact here: a worker whose artifact differs fails the batch instead of
+    writing vectors of another model (``histo.provenance``)."""
     from celery import Celery
 
     from histo.data.datasets import scan_dataset
     from histo.data.filestamp import stamp_records
-    from histo.encoders.catalog import resolve_encoders
+    from histo.encoders.artifact import artifact_digest
 
-    scan = scan_dataset(root, dataset).with_mpp(mpp)
+    scan = scan_dataset(target.root, target.layout, target.name).with_mpp(mpp)
+    digests = {name: artifact_digest(folder) for name, folder in folders.items()}
+    if no_reembed:
+        from histo.provenance import refuse_stale
+
+        with open_index(settings) as store:
+            refuse_stale(store, digests, target.name)
     scan.records = stamp_records(scan.records, progress=not quiet)  # the workers write them per tile
-    names = list(resolve_encoders(encoders, settings.encoders_dir))  # workers load the same artifacts
+    names = list(folders)  # workers load the same artifacts
     plan = plan_batches(scan.records, config, settings.images.max_pixels, tiles_per_batch)
     tracker = JobTracker.create(
         client,
-        dataset=dataset,
+        dataset=target.name,
         root=str(scan.root),
         encoders=names,
         images=len(scan.records),
@@ -160,6 +176,7 @@ def submit(
             producer.send_task(
                 EMBED_BATCH_TASK,
                 args=[tracker.job_id, batch.to_dict(), names, tiling, settings.images.max_pixels],
+                kwargs={"digests": digests},
                 queue=DEFAULT_QUEUE,
                 producer=kombu_producer,
             )

@@ -14,14 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from cli.common import Fusion, console, domain_errors, open_index, settings_of, tiling_config
-from histo.errors import ImageDecodeError, InvalidInputError, StoreLockedError
-from histo.search import Feedback, SearchResult
+from cli.common import (
+    Fusion,
+    console,
+    domain_errors,
+    open_index,
+    positive,
+    settings_of,
+    table,
+    tiling_config,
+)
+from histo.errors import ImageDecodeError, InvalidInputError
+from histo.search import Feedback, SearchEngine, SearchResult
 from histo.settings import Settings
 from histo.slide_search import SlideSearchResult
-from histo.store import SearchFilter
+from histo.store import SearchFilter, VectorStore
 from histo.store.base import DEFAULT_STRATEGY
 
 
@@ -42,7 +50,9 @@ def search(
         None,
         "--encoder",
         "-e",
-        help="Encoder to search with (default: the best available); repeat to fuse several.",
+        help="Encoder to search with; repeat to fuse several. Default: the first, among those with "
+        "vectors for the filtered tiles, of the trained encoders (by name), then imagenet, random, "
+        "colorhist (which retrieves best on your data: histocli evaluate).",
     ),
     fusion: Fusion = typer.Option(Fusion.rrf, "--fusion", help="How several encoders' lists are fused."),
     like: list[str] | None = typer.Option(
@@ -94,7 +104,16 @@ def search(
         3, "--tiles-per-slide", min=1, max=20, help="Best tiles listed per slide."
     ),
     mpp: float | None = typer.Option(
-        None, "--mpp", help="The query's µm/px, if its file does not record it."
+        None,
+        "--mpp",
+        callback=positive,
+        help="The query's µm/px (above 0), if its file does not record it.",
+    ),
+    allow_stale: bool = typer.Option(
+        False,
+        "--allow-stale",
+        help="Search even when the index holds vectors another artifact of the encoder's name made "
+        "(it was retrained since they were indexed); by default that is refused.",
     ),
 ) -> None:
     """Rank indexed tiles (or, with --slides, whole slides) by similarity to an image, an indexed tile
@@ -111,7 +130,7 @@ def search(
             "filter": SearchFilter(dataset=dataset, labels=tuple(labels or ()), split=split),
             "tiles_per_slide": tiles_per_slide,
         }
-        found = call_engine(settings, server, tls_ca, "search_slides", options)
+        found = call_engine(settings, server, tls_ca, "search_slides", options, allow_stale)
         if as_json:
             typer.echo(json.dumps(found.as_dict(), indent=2))
         else:
@@ -152,7 +171,7 @@ def search(
         "exact": exact,
     }
     try:
-        result = call_engine(settings, server, tls_ca, "search", {**query, **options})
+        result = call_engine(settings, server, tls_ca, "search", {**query, **options}, allow_stale)
     except ImageDecodeError as exc:  # name the file instead of "uploaded image"
         raise type(exc)(str(exc).replace("uploaded image", str(image), 1)) from None
     if as_json:
@@ -187,7 +206,12 @@ def slide_query(
 
 
 def call_engine(
-    settings: Settings, server: str | None, tls_ca: Path | None, method: str, kwargs: dict[str, object]
+    settings: Settings,
+    server: str | None,
+    tls_ca: Path | None,
+    method: str,
+    kwargs: dict[str, object],
+    allow_stale: bool = False,
 ) -> Any:
     """``method`` of a SearchClient of ``server``, or of an in-process engine."""
     if server:
@@ -196,40 +220,35 @@ def call_engine(
         ca = tls_ca or settings.grpc.tls_cert
         with SearchClient(server, token=settings.grpc.token, tls_ca=ca) as client:
             return getattr(client, method)(**kwargs)
-    return _in_process(settings, method, kwargs)
-
-
-def _in_process(settings: Settings, method: str, kwargs: dict[str, object]) -> Any:
-    from histo.search import SearchEngine, default_encoder, searchable_artifacts
-
-    try:
-        store = open_index(settings)
-    except StoreLockedError as exc:
-        raise StoreLockedError(_locked(settings, exc)) from None
-    with store:
-        names = list(kwargs.get("encoders") or ()) or [kwargs.get("encoder")]  # type: ignore[call-overload]
-        if not names[0]:  # load just the default encoder, not every one
-            available = searchable_artifacts(store, settings.encoders_dir)
-            names = [default_encoder({n: meta for n, (_, meta) in available.items()})]
-        wanted = [str(n) for n in names if n]
-        engine = SearchEngine.from_settings(store, settings, wanted, warm_up=False)
+    with open_index(settings) as store:
+        engine = in_process_engine(settings, store, kwargs, allow_stale)
         return getattr(engine, method)(**kwargs)
 
 
-def _locked(settings: Settings, exc: StoreLockedError) -> str:
-    """One line: who owns the index and how to search anyway (through the server)."""
-    from histo.store.edge import LOCK_NAME, OwnerLock
+def in_process_engine(
+    settings: Settings, store: VectorStore, kwargs: dict[str, object], allow_stale: bool
+) -> SearchEngine:
+    """An engine with just the encoders a query needs: those it names, else the one the engine
+    would choose by default for its filter (loading every encoder would take seconds)."""
+    from histo.encoders.artifact import artifact_digest
+    from histo.provenance import provenance
+    from histo.search import first_with_vectors, preference_order, searchable_artifacts
 
-    owner = OwnerLock(settings.index_dir / LOCK_NAME, "").owner()
-    command = str(owner.get("command", ""))
-    address = f"{settings.grpc.host}:{settings.grpc.port}"
-    if "services/search" in command or "services.search" in command or " serve" in command:
-        return (
-            f"the index at {settings.index_dir} is owned by a running search server "
-            f"(pid {owner.get('pid', '?')}); search through it: add --server HOST:PORT "
-            f"(the address it printed; by default {address})"
+    names = [str(n) for n in list(kwargs.get("encoders") or ()) or [kwargs.get("encoder")] if n]  # type: ignore[call-overload]
+    if not names:
+        available = searchable_artifacts(store, settings.encoders_dir)
+        fresh = {
+            name: meta
+            for name, (folder, meta) in available.items()
+            if allow_stale or not provenance(store, name, artifact_digest(folder)).stale
+        }
+        flt = kwargs.get("filter")
+        chosen = first_with_vectors(
+            store, preference_order(fresh), flt if isinstance(flt, SearchFilter) else None
         )
-    return f"{exc}; if that is a search server, add --server HOST:PORT (by default {address})"
+        names = [chosen] if chosen else list(available)  # none fresh: the engine says why
+    stale = "warn" if allow_stale else "refuse"
+    return SearchEngine.from_settings(store, settings, names, warm_up=False, stale=stale)
 
 
 def _print_slides(result: SlideSearchResult, query: str) -> None:
@@ -237,13 +256,16 @@ def _print_slides(result: SlideSearchResult, query: str) -> None:
         f"{len(result.slides)} slides for {query} with {result.encoder} in {result.took_ms:.1f} ms "
         "(score: median over query tiles of each slide's best mosaic match)",
         highlight=False,
+        soft_wrap=True,
     )
-    table = Table()
-    for column in ("#", "score", "slide", "dataset", "label", "patient", "best tiles (x,y)"):
-        table.add_column(column, justify="right" if column in ("#", "score") else "left")
+    if result.query_image is not None:
+        console.print(f"query: {result.query_image.sentence()}", highlight=False, soft_wrap=True)
+    shown = table(
+        ("#", "score", "slide", "dataset", "label", "patient", "best tiles (x,y)"), numeric=("#", "score")
+    )
     for rank, slide in enumerate(result.slides, start=1):
         tiles = " ".join(f"{t.payload.get('x')},{t.payload.get('y')}" for t in slide.tiles)
-        table.add_row(
+        shown.add_row(
             str(rank),
             f"{slide.score:.4f}",
             slide.slide_id,
@@ -252,25 +274,22 @@ def _print_slides(result: SlideSearchResult, query: str) -> None:
             str(slide.patient_id or "-"),
             tiles,
         )
-    console.print(table)
+    console.print(shown, crop=False)
 
 
 def _print(result: SearchResult, query: str) -> None:
-    tiles = f", query cut into {len(result.query_boxes)} tiles" if len(result.query_boxes) > 1 else ""
     fused = f" fused by {result.fusion}" if result.fusion else ""
     console.print(
-        f"{len(result.hits)} hits for {query} with {result.encoder}{fused} in {result.took_ms:.1f} ms{tiles}",
+        f"{len(result.hits)} hits for {query} with {result.encoder}{fused} in {result.took_ms:.1f} ms",
         highlight=False,
+        soft_wrap=True,
     )
-    table = Table()
-    for column in ("#", "score", "dataset", "label", "image", "box (x,y wxh)", "id (for --like)"):
-        # rich squeezes a table to the terminal's width; ids must print whole to go into --like
-        width = 36 if column.startswith("id") else len(column)
-        table.add_column(column, justify="right" if column in ("#", "score") else "left", min_width=width)
-    if result.fusion:
-        table.add_column("found by", min_width=8)
-    if len(result.query_boxes) > 1:
-        table.add_column("query tile")
+    if result.query_image is not None:
+        console.print(f"query: {result.query_image.sentence()}", highlight=False, soft_wrap=True)
+    columns = ["#", "score", "dataset", "label", "image", "box (x,y wxh)", "id (for --id, --like)"]
+    columns += ["found by"] * bool(result.fusion) + ["query tile"] * (len(result.query_boxes) > 1)
+    # rich squeezes a table to the terminal's width; ids must print whole to go into --like
+    shown = table(columns, numeric=("#", "score"), whole={"id (for --id, --like)": 36, "score": 6})
     for rank, hit in enumerate(result.hits, start=1):
         p = hit.payload
         box = f"{p.get('x', '-')},{p.get('y', '-')} {p.get('w', '-')}x{p.get('h', '-')}"
@@ -288,5 +307,5 @@ def _print(result: SearchResult, query: str) -> None:
         if len(result.query_boxes) > 1 and hit.query_tile is not None:
             q = result.query_boxes[hit.query_tile]
             row.append(f"{q.x},{q.y} {q.w}x{q.h}")
-        table.add_row(*row)
-    console.print(table, crop=False)
+        shown.add_row(*row)
+    console.print(shown, crop=False)

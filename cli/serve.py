@@ -34,6 +34,12 @@ def serve(
     torch_threads: int | None = typer.Option(
         None, "--torch-threads", min=1, help="Threads per forward pass (default: torch's choice)."
     ),
+    allow_stale: bool = typer.Option(
+        False,
+        "--allow-stale",
+        help="Search with an encoder even when the index holds vectors another artifact of its name "
+        "made (a warning in the log); by default such an encoder is not served until re-ingested.",
+    ),
 ) -> None:
     """Serve searches over gRPC (health, reflection, token and TLS from HISTO_GRPC__*) until stopped."""
     settings = settings_of(ctx)
@@ -49,5 +55,6 @@ def serve(
             "--grace",
             str(grace),
             *(["--torch-threads", str(torch_threads)] if torch_threads else []),
+            *(["--allow-stale"] if allow_stale else []),
         ],
     )

@@ -28,6 +28,12 @@ def web(
         None, "--server", help="HOST:PORT of a running histocli serve (default: search in-process)."
     ),
     tls_ca: Path | None = typer.Option(None, "--tls-ca", help="CA certificate (PEM) for a TLS server."),
+    allow_stale: bool = typer.Option(
+        False,
+        "--allow-stale",
+        help="In-process: search with an encoder even when the index holds vectors another artifact "
+        "of its name made (by default such an encoder is not offered until re-ingested).",
+    ),
 ) -> None:
     """Serve the search page and its JSON API (/api) until stopped: upload a patch, see similar tissue."""
     settings = settings_of(ctx)
@@ -40,5 +46,6 @@ def web(
             str(settings.web.port if port is None else port),
             *(["--server", server] if server else []),
             *(["--tls-ca", str(tls_ca)] if tls_ca else []),
+            *(["--allow-stale"] if allow_stale else []),
         ],
     )

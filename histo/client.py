@@ -18,6 +18,7 @@ payloads compare equal to the store's.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -36,14 +37,17 @@ from histo.errors import (
     ImageDecodeError,
     ImageTooLargeError,
     InvalidInputError,
+    NoMatchError,
     NotFoundError,
     SourceMissingError,
+    StaleVectorsError,
     StoreLockedError,
     StoreUnavailableError,
     UnknownNameError,
     unknown_name,
 )
 from histo.heatmap import DEFAULT_BEST, Heatmap
+from histo.query_image import QueryImage
 from histo.rpc.v1 import search_pb2, search_pb2_grpc
 from histo.search import (
     DEFAULT_TOP_K,
@@ -70,7 +74,9 @@ _KNOWN_ERRORS: dict[str, type[HistoError]] = {
         ImageTooLargeError,
         UnknownNameError,
         NotFoundError,
+        NoMatchError,
         SourceMissingError,
+        StaleVectorsError,
         StoreUnavailableError,
         StoreLockedError,
     )
@@ -153,6 +159,46 @@ def filter_message(flt: SearchFilter | None) -> search_pb2.Filter:
     )
 
 
+def query_image_message(shown: QueryImage | None) -> search_pb2.QueryImage | None:
+    """How a query image was searched, as its message (None for other queries)."""
+    if shown is None:
+        return None
+    fields = dataclasses.asdict(shown)
+    return search_pb2.QueryImage(**{k: v for k, v in fields.items() if v is not None})
+
+
+def query_image_from(response: Any) -> QueryImage | None:
+    """The ``QueryImage`` of a search response, when the query was an image."""
+    if not response.HasField("query_image"):
+        return None
+    m = response.query_image
+    mpp = m.mpp if m.HasField("mpp") else None
+    return QueryImage(m.width, m.height, m.grid_tiles, m.tissue_tiles, m.searched, mpp, m.mpp_source)
+
+
+def check_target(target: object) -> str:
+    """A server address as ``HOST:PORT`` (``[::1]:PORT`` for IPv6, or ``unix:PATH``); without a
+    port gRPC would dial port 443 and fail without saying so."""
+    if not isinstance(target, str) or not target.strip():
+        raise InvalidInputError(f"the server address must be HOST:PORT, got {target!r}")
+    target = target.strip()
+    if target.startswith("unix:"):
+        return target
+    host, colon, port = target.rpartition(":")
+    if not colon or not host or (host.endswith(":") and not host.startswith("[")):
+        bare = target.strip("[]")
+        example = f"[{bare}]:50051" if ":" in bare else f"{bare}:50051"
+        raise InvalidInputError(
+            f"the server address {target!r} has no port; give HOST:PORT, e.g. {example} "
+            "(histocli serve prints the address it listens on)"
+        )
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise InvalidInputError(
+            f"the server address {target!r} has no valid port (1 to 65535); give HOST:PORT"
+        )
+    return target
+
+
 class SearchClient:
     """A connection to a search server at ``target`` (``host:port``).
 
@@ -171,9 +217,7 @@ class SearchClient:
         max_message_mb: int = 256,
         server_name: str | None = None,
     ) -> None:
-        if not isinstance(target, str) or not target.strip():
-            raise InvalidInputError(f"the server address must be HOST:PORT, got {target!r}")
-        self.target = target.strip()
+        self.target = check_target(target)
         self.timeout = timeout
         secret = token.get_secret_value() if isinstance(token, SecretStr) else token
         self._metadata: tuple[tuple[str, str], ...] = (
@@ -255,6 +299,7 @@ class SearchClient:
             query_boxes=[Box(b.x, b.y, b.w, b.h) for b in response.query_boxes],
             encoders=list(response.encoders),
             fusion=response.fusion or None,
+            query_image=query_image_from(response),
         )
 
     def list_encoders(self) -> list[EncoderInfo]:
@@ -348,6 +393,7 @@ class SearchClient:
             encoder=r.encoder,
             took_ms=r.took_ms,
             query_boxes=[Box(b.x, b.y, b.w, b.h) for b in r.query_boxes],
+            query_image=query_image_from(r),
         )
 
     def heatmap(

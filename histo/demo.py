@@ -70,8 +70,12 @@ class DemoResult:
     slides: dict[str, Any] = field(default_factory=dict)
 
 
+#: The demo's data sets: name -> layout (the shipped real H&E samples are a folder of class folders).
+DEMO_SETS = {"bach": "bach", "bracs": "bracs", "samples": "folder", "slides": "slides"}
+
+
 def make_data(config: DemoConfig) -> dict[str, Path]:
-    """Synthetic BACH-like and BRACS-like sets, and the shipped real samples."""
+    """Synthetic BACH-like and BRACS-like sets, and the shipped real samples, by data set name."""
     bach = config.data_dir / "bach"
     bracs = config.data_dir / "bracs"
     write_synthetic(
@@ -82,7 +86,7 @@ def make_data(config: DemoConfig) -> dict[str, Path]:
     write_synthetic_slides(
         "bach", wsi, slides_per_class=config.wsi_per_class, seed=config.seed, size=(1536, 2048)
     )
-    return {"bach": bach, "bracs": bracs, "folder": sample_dir(), "slides": wsi}
+    return {"bach": bach, "bracs": bracs, "samples": sample_dir(), "slides": wsi}
 
 
 def train_all(
@@ -100,7 +104,7 @@ def train_all(
             TrainConfig(
                 method=method,
                 data=roots["bach"],
-                dataset="bach",
+                layout="bach",
                 home=config.home,
                 init=config.init,
                 max_minutes=per_method,
@@ -129,7 +133,7 @@ def ingest_all(
     ingestor = Ingestor(store, embedders, batch_size=64)
     for dataset, root in roots.items():
         summary = ingest(
-            scan_dataset(root, dataset).records,
+            scan_dataset(root, DEMO_SETS[dataset], dataset).records,
             ingestor,
             config.tiling,
             250_000_000,

@@ -74,6 +74,10 @@ class EmbedBatcher:
     def name(self) -> str:
         return self.embedder.name
 
+    @property
+    def digest(self) -> str:
+        return self.embedder.digest
+
     def embed(self, tiles: np.ndarray) -> np.ndarray:
         """The tiles' embeddings, computed on the worker thread, perhaps with other callers' tiles."""
         if self._closed:

@@ -7,6 +7,7 @@ histology tile has no "up", so a rotated or flipped query should find its tile.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histo.encoders.artifact import WEIGHTS_FILE, ArtifactMeta, load_meta, load_weights
+from histo.encoders.artifact import (
+    DIGEST_HEX,
+    WEIGHTS_FILE,
+    ArtifactMeta,
+    artifact_digest,
+    load_meta,
+    load_weights,
+)
 from histo.encoders.models import load_network
 from histo.errors import InvalidInputError
 
@@ -48,6 +56,9 @@ class TileEmbedder(Protocol):
     @property
     def meta(self) -> ArtifactMeta: ...
 
+    @property
+    def digest(self) -> str: ...
+
     def embed(self, tiles: np.ndarray) -> np.ndarray: ...
 
 
@@ -61,7 +72,10 @@ class Embedder:
         device: str | None = None,
         batch_size: int = 64,
         orientation_pooling: int | None = None,
+        artifact: str = "",
     ) -> None:
+        """``artifact``: the artifact's digest (``artifact_digest``), which every vector this
+        embedder writes is stamped with (``histo.provenance``)."""
         self.meta = meta
         self.device = pick_device(device)
         self.batch_size = batch_size
@@ -73,6 +87,15 @@ class Embedder:
             self.network = self.network.to(memory_format=torch.channels_last)
         self._mean = torch.tensor(meta.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(meta.std, device=self.device).view(1, 3, 1, 1)
+        self.digest = self._effective_digest(artifact)
+
+    def _effective_digest(self, artifact: str) -> str:
+        """The artifact's digest, or another one when this embedder pools other orientations than
+        the artifact prescribes (its vectors differ, so they must not pass for the artifact's)."""
+        if self.orientations == self.meta.orientation_pooling:
+            return artifact
+        pooled = f"{artifact}/orientations={self.orientations}"
+        return hashlib.sha256(pooled.encode()).hexdigest()[:DIGEST_HEX]
 
     @classmethod
     def from_artifact(cls, path: Path, **kwargs: object) -> Embedder:
@@ -80,7 +103,8 @@ class Embedder:
         meta = load_meta(Path(path))
         folder = Path(path).parent if Path(path).is_file() else Path(path)
         weights = load_weights(folder) if (folder / WEIGHTS_FILE).exists() else None
-        return cls(load_network(meta, weights), meta, **kwargs)  # type: ignore[arg-type]
+        digest = artifact_digest(folder)
+        return cls(load_network(meta, weights), meta, artifact=digest, **kwargs)  # type: ignore[arg-type]
 
     @property
     def name(self) -> str:

@@ -4,6 +4,7 @@ The CLI prints them as one red line (exit 1); the gRPC service maps them to stat
 table (``services/search/errors.py``).
 """
 
+import difflib
 from collections.abc import Iterable
 
 
@@ -39,6 +40,16 @@ class SourceMissingError(NotFoundError):
     """A tile's source image is not where its data set was ingested from (moved or deleted)."""
 
 
+class NoMatchError(NotFoundError):
+    """A search filter names a data set, label or split the index does not hold, or the encoder
+    has no vectors under it; the message says which part and lists what there is."""
+
+
+class StaleVectorsError(HistoError):
+    """An encoder's vectors in the index were made by another artifact than the one loaded now:
+    comparing a query's vector with them would rank by chance (``histo.provenance``)."""
+
+
 class StoreUnavailableError(HistoError):
     """The vector store cannot be reached or opened right now."""
 
@@ -55,7 +66,24 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+def near_miss(name: str, known: Iterable[str]) -> str | None:
+    """The known name ``name`` was most likely meant as: the same but for case, else the closest
+    spelling (difflib, cutoff 0.75); None when nothing is close."""
+    choices = list(known)
+    for choice in choices:
+        if choice.lower() == str(name).lower():
+            return choice
+    close = difflib.get_close_matches(str(name).lower(), [c.lower() for c in choices], n=1, cutoff=0.75)
+    return next((c for c in choices if close and c.lower() == close[0]), None)
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """The text ``(did you mean 'X'?)`` for a near miss (with a leading space), else nothing."""
+    guess = near_miss(name, known)
+    return f" (did you mean {guess!r}?)" if guess is not None and guess != name else ""
+
+
 def unknown_name(kind: str, name: str, known: list[str]) -> UnknownNameError:
-    """Build the standard 'unknown X' error that lists the valid choices."""
+    """Build the standard 'unknown X' error that lists the valid choices (a near miss first)."""
     choices = ", ".join(sorted(known)) or "(none)"
-    return UnknownNameError(f"unknown {kind} {name!r}; choose one of: {choices}")
+    return UnknownNameError(f"unknown {kind} {name!r}{did_you_mean(name, known)}; choose one of: {choices}")

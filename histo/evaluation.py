@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from histo.errors import InvalidInputError
 from histo.metrics import QueryResult, summarise
+from histo.query_checks import require_dataset
 from histo.store.base import SearchFilter, VectorStore
 
 QUERY_BLOCK = 256
@@ -155,6 +156,7 @@ def evaluate(
 ) -> dict[str, EncoderResult]:
     """Every requested encoder (default: every named vector in the index) on ``dataset``."""
     ks = sorted(set(ks or [1, 5, 10]))
+    require_dataset(store, dataset)
     chosen = _chosen(store, encoders, ks)
     results = {}
     for name in tqdm(chosen, desc=f"evaluating {dataset}", unit="encoder", disable=not progress):
@@ -186,6 +188,7 @@ def evaluate_slides(
     from histo.slide_search import rank_slides, slide_mosaics
 
     ks = sorted(set(ks or [1, 3, 5]))
+    require_dataset(store, dataset)
     chosen = _chosen(store, encoders, ks)
     results = {}
     for name in tqdm(chosen, desc=f"evaluating {dataset} slides", unit="encoder", disable=not progress):

@@ -18,7 +18,7 @@ import numpy as np
 
 from histo.data.records import Box
 from histo.data.tile_source import TileSource
-from histo.errors import InvalidInputError, NotFoundError
+from histo.errors import InvalidInputError, NotFoundError, did_you_mean
 from histo.store.base import SearchFilter, VectorStore
 
 DEFAULT_SIZE = 1024
@@ -49,9 +49,15 @@ def tile_similarities(
         if encoder in r.vectors
     ]
     if not records:
+        slides = store.count_values("slide_id")
+        if slide_id not in slides:
+            shown = ", ".join(list(slides)[:20]) or "none"
+            raise NotFoundError(
+                f"no slide {slide_id!r} in the index{did_you_mean(slide_id, slides)}; its slides: {shown}"
+            )
         raise NotFoundError(
-            f"slide {slide_id!r} has no tiles with {encoder!r} vectors in the index; "
-            "check the id (a hit's slide_id) and the encoder"
+            f"slide {slide_id!r} has no tiles with {encoder!r} vectors; draw it with another encoder, or "
+            f"ingest its data set with {encoder} (histocli ingest DIR ... -e {encoder})"
         )
     files = {(r.payload.get("dataset"), r.payload.get("path")) for r in records}
     if len(files) > 1:

@@ -32,7 +32,7 @@ from histo.data.tiling import TilingConfig, iter_tiles
 from histo.embedding import Embedder
 from histo.errors import HistoError, ImageDecodeError, InvalidInputError
 from histo.slide_search import build_mosaics
-from histo.store.base import Point, VectorStore
+from histo.store.base import STAMP_KEY, Point, VectorStore
 
 #: Tiles of a slide per unit of loader work, so that a 100,000-tile slide never sits in memory.
 SLIDE_PART = 256
@@ -90,6 +90,8 @@ class IngestSummary:
     tiles: int = 0
     embedded: int = 0
     skipped: int = 0
+    #: Of ``embedded``: tiles whose vector of an encoder another artifact had made.
+    reembedded: int = 0
     seconds: float = 0.0
     failed: list[Problem] = field(default_factory=list)
     #: Mosaic tiles chosen per whole-slide image (``histo.slide_search``).
@@ -111,6 +113,7 @@ class IngestSummary:
             "images": self.images,
             "tiles": self.tiles,
             "embedded": self.embedded,
+            "reembedded": self.reembedded,
             "skipped": self.skipped,
             "failed": len(self.failed),
             "seconds": round(self.seconds, 2),
@@ -209,21 +212,34 @@ class Ingestor:
             raise InvalidInputError("ingestion needs at least one encoder")
         return name
 
-    def write(self, tiles: list[Tile]) -> tuple[int, int]:
-        """Embed what is missing and upsert; returns (embedded, skipped).
+    def write(self, tiles: list[Tile]) -> Written:
+        """Embed what is missing and upsert.
 
-        A tile whose stored point was cut from other file content (another ``file_hash``) gets
-        every vector anew; one whose payload merely differs (a touched file, a point from before
-        file stamps, a moved data set) gets its payload only. The mosaic marks stay: they belong
-        to ``histo.slide_search``."""
+        Missing: a vector the point lacks, or one another artifact made (its ``artifacts`` stamp
+        differs from the embedder's digest, or it has none: ``histo.provenance``). A tile whose
+        stored point was cut from other file content (another ``file_hash``) gets every vector
+        anew; one whose payload merely differs (a touched file, a point from before file stamps,
+        a moved data set) gets its payload only. The mosaic marks stay: they belong to
+        ``histo.slide_search``."""
         if not tiles:
-            return 0, 0
+            return Written()
         ids = [t.id for t in tiles]
         stored = {r.id: r.payload for r in self.store.retrieve(ids)}
         missing = self.store.missing_vectors(ids, list(self.embedders))
+        reembedded = 0
         for tile in tiles:
-            if tile.id in stored and _content_changed(stored[tile.id], tile.payload):
+            old = stored.get(tile.id)
+            if old is None:
+                continue
+            if _content_changed(old, tile.payload):
                 missing[tile.id] = set(self.embedders)
+                continue
+            made = _stamps(old)
+            other = {n for n, e in self.embedders.items() if made.get(n) != e.digest}
+            if other - missing.get(tile.id, set()):
+                reembedded += 1
+            if other:
+                missing.setdefault(tile.id, set()).update(other)
         todo = [t for t in tiles if t.id in missing]
         vectors: dict[str, dict[str, np.ndarray]] = {t.id: {} for t in todo}
         for name, embedder in self.embedders.items():
@@ -233,13 +249,28 @@ class Ingestor:
                     need, embedder.embed(np.stack([t.pixels for t in need])), strict=True
                 ):
                     vectors[tile.id][name] = vector
-        payloads = {t.id: _kept_marks(stored.get(t.id), t.payload) for t in tiles}
+        digests = {name: embedder.digest for name, embedder in self.embedders.items()}
+        payloads = {
+            t.id: _stamped(_kept_marks(old, t.payload), old, vectors.get(t.id), digests)
+            for t in tiles
+            for old in [stored.get(t.id)]
+        }
         restamp = [t for t in tiles if t.id not in missing and payloads[t.id] != stored[t.id]]
         self.store.upsert(
             [Point(t.id, vectors[t.id], payloads[t.id]) for t in todo]
             + [Point(t.id, payload=payloads[t.id]) for t in restamp]
         )
-        return len(todo), len(tiles) - len(todo)
+        return Written(len(todo), len(tiles) - len(todo), reembedded)
+
+
+@dataclass(frozen=True)
+class Written:
+    """What one ``Ingestor.write`` did: tiles embedded (``reembedded`` of them because another
+    artifact had made a vector they had) and tiles already indexed as they are."""
+
+    embedded: int = 0
+    skipped: int = 0
+    reembedded: int = 0
 
 
 #: Payload keys that slide search owns (a slide's mosaic), kept when ingestion rewrites a payload.
@@ -255,6 +286,24 @@ def _content_changed(stored: dict[str, Any], fresh: dict[str, Any]) -> bool:
 def _kept_marks(stored: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:
     marks = {k: stored[k] for k in MOSAIC_MARKS if stored is not None and k in stored}
     return {**fresh, **marks}
+
+
+def _stamps(payload: dict[str, Any] | None) -> dict[str, str]:
+    """A stored payload's record of which artifact made each of its vectors."""
+    made = (payload or {}).get(STAMP_KEY)
+    return {str(k): str(v) for k, v in made.items()} if isinstance(made, dict) else {}
+
+
+def _stamped(
+    payload: dict[str, Any],
+    stored: dict[str, Any] | None,
+    embedded: dict[str, np.ndarray] | None,
+    digests: dict[str, str],
+) -> dict[str, Any]:
+    """``payload`` with the artifact record: the stored one, and this run's digest for every
+    vector embedded now."""
+    made = _stamps(stored) | {name: digests[name] for name in embedded or {}}
+    return {**payload, STAMP_KEY: dict(sorted(made.items()))} if made else payload
 
 
 def ingest(
@@ -335,9 +384,10 @@ def _as_is(item: Any) -> Any:
 
 
 def _flush(ingestor: Ingestor, tiles: list[Tile], summary: IngestSummary) -> None:
-    embedded, skipped = ingestor.write(tiles)
-    summary.embedded += embedded
-    summary.skipped += skipped
+    written = ingestor.write(tiles)
+    summary.embedded += written.embedded
+    summary.skipped += written.skipped
+    summary.reembedded += written.reembedded
 
 
 def write_failures(path: Path, failures: list[Problem]) -> None:

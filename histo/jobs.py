@@ -239,7 +239,8 @@ def process_batch(batch: TileBatch, ingestor: Ingestor, config: TilingConfig, ma
             continue
         result.background += len(item.boxes) - len(found)
         tiles.extend(found)
-    result.embedded, result.skipped = ingestor.write(tiles)
+    written = ingestor.write(tiles)
+    result.embedded, result.skipped = written.embedded, written.skipped
     return result
 
 

@@ -12,19 +12,30 @@ Rules it implements (the proto comments in ``proto/histo/rpc/v1/search.proto`` s
 * **Query by point id**: search with the point's stored vector; the point itself is never returned
   and, unless ``include_same_image``, neither is any other tile of its image (a user usually wants
   *other* images like this one; neighbouring tiles of one image would crowd them out).
-* **Query image larger than one tile**: it is cut exactly as ingestion cuts images
-  (``histo.data.tiling.grid_boxes``: a grid of tile-size squares at the tiling stride, remainder
-  strips dropped, a side shorter than a tile taken whole, every tile resized to the tile size; an
-  image with a side under ``histo.data.tiling.MIN_IMAGE_SIDE`` (16) px is refused, as ingestion
-  refuses it),
-  background tiles are dropped by the ingestion tissue test (if all are background, the one with
-  the most tissue is kept), and at most ``max_query_tiles`` tiles with the most tissue are kept.
+* **Query image**: it is cut exactly as ingestion cuts images (``histo.data.tiling.grid_boxes``:
+  a grid of tile-size squares at the tiling stride, remainder strips dropped, a side shorter than
+  a tile taken whole, every tile resized to the tile size; an image with a side under
+  ``histo.data.tiling.MIN_IMAGE_SIDE`` (16) px is refused, as ingestion refuses it); boxes without
+  tissue by the ingestion test are dropped, and when more than ``max_query_tiles`` hold tissue
+  they are spread evenly over the whole image (``histo.query_image``). An image with no tissue,
+  or smaller than a tile with less tissue than a tile holds, is refused with a reason; the result
+  says how many tiles of how many were searched and the query's µm/px (``SearchResult.query_image``).
   Each query tile is searched separately with the same filter and the lists are combined by
   **max similarity**: an indexed tile scores its best cosine similarity against any query tile,
   appears once, and records that query tile (``SearchHit.query_tile``). Per-tile top-k lists
   suffice for this to be exact: a tile among the true top k by max score, reaching its max at
   query tile t, is outranked in t's list only by tiles whose max is higher still, so at most k-1
   of them, so it is in t's top k.
+* **Filters that match nothing** are never an empty answer without a word: a data set, label or
+  split the index does not hold is ``NoMatchError`` naming it (with what there is and a near miss,
+  ``histo.query_checks``), and so is a search that finds nothing because the encoder has no
+  vectors there or every tile was excluded.
+* **The default encoder** (a query that names none) is the first, in the order of
+  ``preference_order``, of the encoders that have vectors for the tiles the query's filter keeps.
+* **Vectors of another artifact**: an encoder whose vectors in the index another artifact of the
+  same name made (it was retrained or replaced after ingestion) is not searched
+  (``StaleVectorsError``, re-checked every ``checks_ttl_s``), unless ``stale="warn"``
+  (``histo.provenance``).
 * **Grouping** (``per_image``): each image keeps its best ``per_image`` hits, then the top k are
   cut. Candidates are fetched in widening rounds (x4), excluding images already full through the
   store filter, until the k-th kept score is at least every unfetched candidate's possible score
@@ -43,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,11 +67,13 @@ from PIL import Image
 from histo.data.images import DEFAULT_MAX_PIXELS, load_rgb
 from histo.data.records import Box
 from histo.data.tile_source import TileImage, TileSource, TileView, check_size
-from histo.data.tiling import TilingConfig, check_tileable, cut_tile, grid_boxes
-from histo.data.tissue import tissue_fraction
+from histo.data.tiling import TilingConfig, check_tileable
 from histo.embed_batcher import Batching, EmbedBatcher
-from histo.errors import InvalidInputError, NotFoundError, UnknownNameError, unknown_name
+from histo.errors import InvalidInputError, NotFoundError, StaleVectorsError, UnknownNameError, unknown_name
 from histo.heatmap import DEFAULT_BEST, DEFAULT_SIZE, Heatmap, render_heatmap, tile_similarities
+from histo.provenance import STALE_POLICIES, stale_reasons
+from histo.query_checks import DEFAULT_TTL_S, Vocabulary, coverage, explain_empty, kept_only
+from histo.query_image import QueryImage, query_tiles, resolve_mpp
 from histo.slide_search import DEFAULT_TILES_PER_SLIDE, SlideSearchResult, rank_slides, slide_mosaic
 from histo.store.base import (
     DEFAULT_STRATEGY,
@@ -122,6 +136,8 @@ class SearchResult:
     encoders: list[str] = field(default_factory=list)
     #: "rrf" or "dbsf" when several encoders were fused, else None.
     fusion: str | None = None
+    #: For an image query: how it was searched (tiles of how many, how chosen, its µm/px).
+    query_image: QueryImage | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (what ``histocli search --json`` prints)."""
@@ -130,6 +146,7 @@ class SearchResult:
             "encoders": self.encoders or [self.encoder],
             "fusion": self.fusion,
             "took_ms": round(self.took_ms, 3),
+            "query_image": self.query_image.as_dict() if self.query_image else None,
             "query_boxes": [dataclasses.asdict(b) for b in self.query_boxes],
             "hits": [
                 {"id": h.id, "score": h.score, "payload": h.payload, "found_by": list(h.found_by)}
@@ -268,9 +285,10 @@ def searchable_artifacts(store: VectorStore, encoders_dir: Path) -> dict[str, tu
     return found
 
 
-def default_encoder(metas: Mapping[str, ArtifactMeta]) -> str | None:
-    """The encoder used when a query names none: a trained SSL encoder (by name) before any
-    baseline, and among baselines ImageNet, then random init, then the colour histogram."""
+def preference_order(metas: Mapping[str, ArtifactMeta]) -> list[str]:
+    """The order in which encoders are tried as the default: trained SSL encoders first (in
+    alphabetical order: which is best depends on the data, and ``histocli evaluate`` tells), then
+    the baselines ImageNet, random init and the colour histogram."""
 
     def rank(name: str) -> tuple[int, int, str]:
         meta = metas[name]
@@ -279,7 +297,24 @@ def default_encoder(metas: Mapping[str, ArtifactMeta]) -> str | None:
         order = _BASELINE_PREFERENCE.index(meta.method) if meta.method in _BASELINE_PREFERENCE else 99
         return (1, order, name)
 
-    return min(metas, key=rank) if metas else None
+    return sorted(metas, key=rank)
+
+
+def first_with_vectors(store: VectorStore, order: Sequence[str], flt: SearchFilter | None) -> str | None:
+    """The first of ``order`` with vectors for the tiles ``flt`` keeps (its data set, labels and
+    split); the first of all when the filter keeps every tile, or when none has any there."""
+    if not order:
+        return None
+    kept = kept_only(flt) if flt is not None else SearchFilter()
+    if kept.is_empty:
+        return order[0]
+    return next((name for name in order if coverage(store, kept, [name])[name] > 0), order[0])
+
+
+def default_encoder(metas: Mapping[str, ArtifactMeta]) -> str | None:
+    """The first of ``preference_order``, or None without encoders."""
+    order = preference_order(metas)
+    return order[0] if order else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,9 +342,13 @@ class SearchEngine:
         warm_up: bool = True,
         tiles: TileSource | None = None,
         batching: Batching | None = None,
+        stale: str = "refuse",
+        checks_ttl_s: float = DEFAULT_TTL_S,
     ) -> None:
         if max_query_tiles < 1:
             raise InvalidInputError(f"max_query_tiles must be at least 1, got {max_query_tiles}")
+        if stale not in STALE_POLICIES:
+            raise unknown_name("policy for vectors of another artifact", stale, list(STALE_POLICIES))
         self.store = store
         self.tiling = tiling or TilingConfig()
         self.max_pixels = max_pixels
@@ -331,10 +370,16 @@ class SearchEngine:
                 self._embedders[name] = embedder
         for name, why in self.skipped.items():
             log.warning("encoder %s is not searchable: %s", name, why)
-        metas = {name: e.meta for name, e in self._embedders.items()}
+        self.stale_policy, self.checks_ttl_s = stale, checks_ttl_s
+        self._vocabulary = Vocabulary(store, checks_ttl_s)
+        self._stale: dict[str, str] = {}
+        self._reported: dict[str, str] = {}
+        self._stale_checked = -math.inf
+        self._coverage: dict[tuple[Any, ...], tuple[float, str]] = {}
+        self._fixed_default = default
+        self._check_provenance(force=True)
         if default is not None and default not in self._embedders:
             raise self._unknown(default)
-        self.default = default or default_encoder(metas)
         if warm_up:
             self.warm_up()
 
@@ -382,8 +427,37 @@ class SearchEngine:
 
     @property
     def encoders(self) -> list[str]:
-        """Names of the searchable encoders."""
-        return sorted(self._embedders)
+        """Names of the searchable encoders (loaded, and not refused for vectors of another artifact)."""
+        return sorted(n for n in self._embedders if n not in self._stale)
+
+    @property
+    def default(self) -> str | None:
+        """The encoder a query without a filter uses when it names none."""
+        if self._fixed_default is not None and self._fixed_default not in self._stale:
+            return self._fixed_default
+        return default_encoder({n: self._embedders[n].meta for n in self.encoders})
+
+    @property
+    def stale(self) -> dict[str, str]:
+        """Encoder -> why it is not searched: the index holds vectors another artifact made."""
+        return dict(self._stale)
+
+    def _check_provenance(self, force: bool = False) -> None:
+        """Which loaded encoders' vectors another artifact made, asked again every ``checks_ttl_s``
+        (a Qdrant server may be written by workers while this engine serves)."""
+        now = time.monotonic()
+        if not force and now - self._stale_checked < self.checks_ttl_s:
+            return
+        digests = {name: e.digest for name, e in self._embedders.items()}
+        where = {name: "the one loaded now" for name in digests}
+        reasons = stale_reasons(self.store, digests, where)
+        level = logging.WARNING if self.stale_policy == "warn" else logging.INFO  # refusals say it
+        for name, why in reasons.items():
+            if self._reported.get(name) != why:
+                log.log(level, "encoder %s: %s", name, why)
+        self._reported = reasons
+        self._stale = reasons if self.stale_policy == "refuse" else {}
+        self._stale_checked = now
 
     def embedder(self, name: str | None = None) -> TileEmbedder:
         return self._embedders[self._encoder(name)]
@@ -454,7 +528,10 @@ class SearchEngine:
                 "give exactly one query (an image, a point id or a vector), or liked examples, or both"
                 + (f" (got {' and '.join(given)})" if given else "")
             )
-        names = self._encoders(encoder, encoders)
+        if filter is not None and not isinstance(filter, SearchFilter):
+            raise InvalidInputError(f"filter must be a histo.store.SearchFilter, got {type(filter).__name__}")
+        flt = filter or SearchFilter()
+        names = self._encoders(encoder, encoders, flt)
         if fusion not in FUSIONS:
             raise unknown_name("fusion", fusion, list(FUSIONS))
         diversity = check_diversity(diversity, names, fb, per_image)
@@ -462,14 +539,13 @@ class SearchEngine:
             raise InvalidInputError("a raw vector belongs to one encoder; give one encoder, or an image")
         k = check_top_k(top_k)
         per_group = check_per_image(per_image)
-        if filter is not None and not isinstance(filter, SearchFilter):
-            raise InvalidInputError(f"filter must be a histo.store.SearchFilter, got {type(filter).__name__}")
-        flt = filter or SearchFilter()
+        self._check_values(flt)
         boxes: list[Box] = []
+        shown: QueryImage | None = None
         queries: dict[str, list[Any]] = {name: [] for name in names}
         excluded: list[str] = []
         if image is not None:
-            boxes, tiles = self._image_tiles(image, mpp)
+            boxes, tiles, shown = self._image_tiles(image, mpp)
             queries = {name: self._embed(name, tiles) for name in names}
         elif point_id is not None:
             pid, queries, own_image = self._stored_vectors(names, point_id)
@@ -501,10 +577,11 @@ class SearchEngine:
             flt = dataclasses.replace(flt, exclude_point_ids=(*flt.exclude_point_ids, *excluded))
         tiled = image is not None and fb is None
         hits = self._rank(requests, k, flt, per_group, exact, tiled, fusion)
+        if not hits and not kept_only(flt).is_empty:
+            raise explain_empty(self.store, flt, names, self.encoders)
         took = (time.perf_counter() - started) * 1000.0
-        return SearchResult(
-            hits, "+".join(names), took, boxes, list(names), fusion if len(names) > 1 else None
-        )
+        fused = fusion if len(names) > 1 else None
+        return SearchResult(hits, "+".join(names), took, boxes, list(names), fused, shown)
 
     def search_slides(
         self,
@@ -524,18 +601,20 @@ class SearchEngine:
         started = time.perf_counter()
         if (image is None) == (slide_id is None):
             raise InvalidInputError("give exactly one slide query: an image or an indexed slide id")
-        name = self._encoder(encoder)
+        if filter is not None and not isinstance(filter, SearchFilter):
+            raise InvalidInputError(f"filter must be a histo.store.SearchFilter, got {type(filter).__name__}")
+        name = self._encoder(encoder, filter)
         k = check_top_k(top_k)
         if not isinstance(tiles_per_slide, int) or not 1 <= tiles_per_slide <= MAX_TILES_PER_SLIDE:
             raise InvalidInputError(
                 f"tiles_per_slide must be an integer from 1 to {MAX_TILES_PER_SLIDE}, got {tiles_per_slide!r}"
             )
-        if filter is not None and not isinstance(filter, SearchFilter):
-            raise InvalidInputError(f"filter must be a histo.store.SearchFilter, got {type(filter).__name__}")
         flt = filter or SearchFilter()
+        self._check_values(flt)
         boxes: list[Box] = []
+        shown: QueryImage | None = None
         if image is not None:
-            queries, boxes = self._embed_image(name, image, mpp)
+            queries, boxes, shown = self._embed_image(name, image, mpp)
         else:
             assert slide_id is not None
             queries, payload = slide_mosaic(self.store, name, slide_id)
@@ -551,7 +630,7 @@ class SearchEngine:
         slides = rank_slides(
             self.store, name, queries, flt, k, tiles_per_slide, exact, tiled=image is not None
         )
-        return SlideSearchResult(slides, name, (time.perf_counter() - started) * 1000.0, boxes)
+        return SlideSearchResult(slides, name, (time.perf_counter() - started) * 1000.0, boxes, shown)
 
     def heatmap(
         self,
@@ -573,7 +652,7 @@ class SearchEngine:
         if not isinstance(best, int) or not 1 <= best <= MAX_TILES_PER_SLIDE:
             raise InvalidInputError(f"best must be an integer from 1 to {MAX_TILES_PER_SLIDE}, got {best!r}")
         if image is not None:
-            queries, _ = self._embed_image(name, image, mpp)
+            queries, _, _ = self._embed_image(name, image, mpp)
         else:
             assert point_id is not None
             queries = [self._stored_vector(name, point_id)[1]]
@@ -602,33 +681,67 @@ class SearchEngine:
     def _missing(self, pid: str) -> NotFoundError:
         return NotFoundError(
             f"point {pid} is not in the index {self.store.description}; "
-            "take ids from a search result or histocli index stats"
+            "take ids from a search result (the id column of histocli search)"
         )
 
-    def _encoder(self, name: str | None) -> str:
+    def _encoder(self, name: str | None, flt: SearchFilter | None = None) -> str:
+        """``name`` if it may search, else why not; without a name, the default for ``flt``."""
+        self._check_provenance()
         if name is None or name == "":
-            if self.default is None:
-                raise InvalidInputError(
-                    f"no encoder is searchable: none of the loaded artifacts is a named vector of the "
-                    f"index {self.store.description}; ingest with an encoder first (histocli ingest)"
-                )
-            return self.default
+            return self._default_for(flt)
+        if name in self._stale:
+            raise StaleVectorsError(
+                f"not searching with {name}: {self._stale[name]} (or search anyway, knowingly: --allow-stale)"
+            )
         if name not in self._embedders:
             raise self._unknown(name)
         return name
 
-    def _encoders(self, encoder: str | None, encoders: Sequence[str] | None) -> list[str]:
-        """The encoders of a query: ``encoders`` (several are fused), else ``encoder``, else the default."""
+    def _default_for(self, flt: SearchFilter | None) -> str:
+        """The first encoder, in order of preference, with vectors for the tiles ``flt`` keeps
+        (the plain default when the filter keeps every tile or none has any)."""
+        fallback = self.default
+        if fallback is None:
+            why = "; ".join(f"{n}: {r}" for n, r in self._stale.items())
+            raise InvalidInputError(
+                f"no encoder is searchable: {why}"
+                if why
+                else f"no encoder is searchable: none of the loaded artifacts is a named vector of the "
+                f"index {self.store.description}; ingest with an encoder first (histocli ingest)"
+            )
+        kept = kept_only(flt) if flt is not None else SearchFilter()
+        if kept.is_empty:
+            return fallback
+        now = time.monotonic()
+        cached = self._coverage.get(kept.must)
+        if cached is not None and now - cached[0] < self.checks_ttl_s and cached[1] in self.encoders:
+            return cached[1]
+        order = preference_order({n: self._embedders[n].meta for n in self.encoders})
+        order.remove(fallback)  # the default first: an explicit one may not be first by preference
+        chosen = first_with_vectors(self.store, [fallback, *order], kept) or fallback
+        self._coverage[kept.must] = (now, chosen)
+        return chosen
+
+    def _encoders(
+        self, encoder: str | None, encoders: Sequence[str] | None, flt: SearchFilter | None = None
+    ) -> list[str]:
+        """The encoders of a query: ``encoders`` (several are fused), else ``encoder``, else the
+        default for the query's filter."""
         if encoders is None or not list(encoders):
-            return [self._encoder(encoder)]
+            return [self._encoder(encoder, flt)]
         if isinstance(encoders, str):
             raise InvalidInputError(f"encoders must be a list of names, got the string {encoders!r}")
         if encoder:
             raise InvalidInputError("give encoder or encoders, not both (encoders=[...] fuses several)")
-        return [self._encoder(name) for name in dict.fromkeys(encoders) if name] or [self._encoder(None)]
+        return [self._encoder(name) for name in dict.fromkeys(encoders) if name] or [self._encoder(None, flt)]
+
+    def _check_values(self, flt: SearchFilter) -> None:
+        """``NoMatchError`` for a data set, label or split the index does not hold."""
+        if not kept_only(flt).is_empty:
+            self._vocabulary.check(flt)
 
     def _unknown(self, name: str) -> InvalidInputError:
-        return self._unknown_of(name, list(self._embedders), self.store)
+        return self._unknown_of(name, self.encoders, self.store)
 
     @staticmethod
     def _unknown_of(name: str, known: list[str], store: VectorStore) -> InvalidInputError:
@@ -689,38 +802,34 @@ class SearchEngine:
                 negatives[n] += vectors[len(liked) :]
         return positives, negatives, ids
 
-    def _embed_image(self, name: str, data: bytes, mpp: float | None) -> tuple[list[Any], list[Box]]:
-        boxes, tiles = self._image_tiles(data, mpp)
-        return self._embed(name, tiles), boxes
+    def _embed_image(
+        self, name: str, data: bytes, mpp: float | None
+    ) -> tuple[list[Any], list[Box], QueryImage]:
+        boxes, tiles, shown = self._image_tiles(data, mpp)
+        return self._embed(name, tiles), boxes, shown
 
     def _embed(self, name: str, tiles: list[np.ndarray]) -> list[Any]:
         return list(self._embedders[name].embed(np.stack(tiles)))
 
-    def _image_tiles(self, data: bytes, mpp: float | None) -> tuple[list[Box], list[np.ndarray]]:
-        """An uploaded image's query tiles (``query_tiles``), after the checks ingestion makes."""
+    def _image_tiles(self, data: bytes, mpp: float | None) -> tuple[list[Box], list[np.ndarray], QueryImage]:
+        """An uploaded image's query tiles and how they were chosen (``histo.query_image``), after
+        the checks ingestion makes."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidInputError(f"the query image must be the file's bytes, got {type(data).__name__}")
-        if mpp is not None and not (mpp > 0 and np.isfinite(mpp)):
-            raise InvalidInputError(f"the query image's µm/px must be positive, got {mpp}")
-        image = load_rgb(bytes(data), self.max_pixels)
+        data = bytes(data)
+        image = load_rgb(data, self.max_pixels)
         try:
             check_tileable(image.size, "uploaded image")  # what ingestion would refuse is no query
-            return self.query_tiles(image, mpp)
+            resolved, source = resolve_mpp(data, mpp, self.tiling.target_mpp)
+            return query_tiles(image, self.tiling, resolved, source, self.max_query_tiles)
         finally:
             image.close()
 
     def query_tiles(self, image: Image.Image, mpp: float | None = None) -> tuple[list[Box], list[np.ndarray]]:
         """The boxes and pixels of the tiles a query image is searched with (module docstring)."""
-        tile, stride = self.tiling.source_extent(mpp)
-        boxes = grid_boxes(image.size[0], image.size[1], tile, stride)
-        size = self.tiling.tile_size
-        if len(boxes) == 1:
-            return boxes, [cut_tile(image, boxes[0], size)]
-        fractions = [tissue_fraction(cut_tile(image, box, size)) for box in boxes]
-        order = sorted(range(len(boxes)), key=lambda i: -fractions[i])  # stable: grid order on ties
-        keep = [i for i in order if fractions[i] >= self.tiling.min_tissue] or order[:1]
-        keep = sorted(keep[: self.max_query_tiles])
-        return [boxes[i] for i in keep], [cut_tile(image, boxes[i], size) for i in keep]
+        source = "given" if mpp is not None else "assumed"
+        boxes, tiles, _ = query_tiles(image, self.tiling, mpp, source, self.max_query_tiles)
+        return boxes, tiles
 
     def _rank(
         self,
@@ -869,5 +978,7 @@ __all__ = [
     "check_per_image",
     "check_top_k",
     "default_encoder",
+    "first_with_vectors",
+    "preference_order",
     "searchable_artifacts",
 ]

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from histo.data.records import Box
-from histo.errors import InvalidInputError, NotFoundError
+from histo.errors import InvalidInputError, NotFoundError, did_you_mean
+from histo.query_image import QueryImage
 from histo.store.base import MOSAIC_ROLE, Point, SearchFilter, VectorStore
 
 MOSAIC_SHARE = 0.1
@@ -66,12 +67,15 @@ class SlideSearchResult:
     encoder: str
     took_ms: float
     query_boxes: list[Box] = field(default_factory=list)
+    #: For an image query: how it was searched (tiles of how many, how chosen, its µm/px).
+    query_image: QueryImage | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (``histocli search --slides --json``)."""
         return {
             "encoder": self.encoder,
             "took_ms": round(self.took_ms, 3),
+            "query_image": self.query_image.as_dict() if self.query_image else None,
             "query_boxes": [dataclasses.asdict(b) for b in self.query_boxes],
             "slides": [dataclasses.asdict(s) for s in self.slides],
         }
@@ -180,6 +184,26 @@ def slide_mosaics(store: VectorStore, encoder: str, dataset: str) -> dict[str, M
     return dict(sorted(found.items()))
 
 
+def unknown_slide(store: VectorStore, slide_id: str, encoder: str) -> NotFoundError:
+    """The error for a slide without a mosaic of ``encoder`` vectors: the slides that have one
+    (a near miss first), or how to index some."""
+    slides = store.count_values("slide_id", SearchFilter(mosaic_only=True))
+    if slide_id in slides:
+        return NotFoundError(
+            f"slide {slide_id!r} has no mosaic with {encoder!r} vectors; search it with the encoder that "
+            f"chose its mosaic, or choose it anew: histocli index mosaics -d DATASET -e {encoder}"
+        )
+    if not slides:
+        return NotFoundError(
+            f"no slide {slide_id!r}: the index holds no whole-slide images; ingest some "
+            "(histocli ingest DIR --layout slides)"
+        )
+    shown = ", ".join(list(slides)[:20]) + (f", and {len(slides) - 20} more" if len(slides) > 20 else "")
+    return NotFoundError(
+        f"no slide {slide_id!r} in the index{did_you_mean(slide_id, slides)}; its slides: {shown}"
+    )
+
+
 def slide_mosaic(store: VectorStore, encoder: str, slide_id: str) -> tuple[list[Any], dict[str, Any]]:
     """An indexed slide's mosaic vectors of ``encoder`` and one of its payloads; NotFoundError if
     the slide has no mosaic."""
@@ -188,10 +212,7 @@ def slide_mosaic(store: VectorStore, encoder: str, slide_id: str) -> tuple[list[
     flt = SearchFilter(slide_ids=(slide_id,), mosaic_only=True)
     records = [r for r in store.scroll(flt, with_vectors=[encoder]) if encoder in r.vectors]
     if not records:
-        raise NotFoundError(
-            f"slide {slide_id!r} has no mosaic with {encoder!r} vectors in the index; ingest it as a "
-            "whole-slide image (histocli ingest) or check the id with histocli index stats"
-        )
+        raise unknown_slide(store, slide_id, encoder)
     return [r.vectors[encoder] for r in records], records[0].payload
 
 

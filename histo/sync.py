@@ -28,7 +28,7 @@ from typing import Any
 
 from histo.data.filestamp import FileStamp, stamp_records
 from histo.data.records import ImageRecord
-from histo.errors import unknown_name
+from histo.query_checks import require_dataset
 from histo.store.base import Point, SearchFilter, VectorStore
 
 STAMP_KEYS = ("file_size", "file_mtime_us", "file_hash")
@@ -213,9 +213,8 @@ class PrunePlan:
 def plan_prune(store: VectorStore, dataset: str, missing_roots: bool = False) -> PrunePlan:
     """The files of ``dataset`` that exist under none of their roots; with ``missing_roots``
     also those whose roots are missing altogether (else they are counted and kept)."""
+    require_dataset(store, dataset)  # a typo must not read as "nothing gone"
     indexed = indexed_files(store, dataset)
-    if not indexed:  # a typo must not read as "nothing gone"
-        raise unknown_name("data set in the index", dataset, list(store.stats()["datasets"]))
     gone: list[IndexedFile] = []
     unreachable: dict[str, int] = {}
     for entry in indexed.values():

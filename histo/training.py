@@ -54,9 +54,12 @@ class TrainConfig:
 
     method: str
     data: Path
-    dataset: str
+    #: How ``data`` is laid out (``histo.data.datasets.dataset_names``).
+    layout: str
     home: Path
     out: Path | None = None
+    #: The data set's name, as ingestion names it (default: ``default_dataset_name``).
+    dataset_name: str | None = None
     epochs: int | None = None
     steps: int | None = None
     batch_size: int = 64
@@ -74,6 +77,29 @@ class TrainConfig:
     max_pixels: int = 250_000_000
     method_kwargs: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InvalidInputError(f"{name} must be at least 1, got {value}")
+        if self.max_minutes is not None and not (self.max_minutes > 0 and math.isfinite(self.max_minutes)):
+            raise InvalidInputError(
+                f"the time budget must be a positive number of minutes, got {self.max_minutes}"
+            )
+        if self.batch_size < 2:
+            raise InvalidInputError(
+                f"batch size must be at least 2 (contrastive pairs), got {self.batch_size}"
+            )
+        if self.input_size < 32:
+            raise InvalidInputError(f"input size must be at least 32 px, got {self.input_size}")
+
+    @property
+    def dataset(self) -> str:
+        """The training data's name in the index (its layout's, or its folder's for ``folder``)."""
+        from histo.data.datasets import default_dataset_name
+
+        return self.dataset_name or default_dataset_name(self.layout, self.data)
 
     @property
     def artifact_dir(self) -> Path:
@@ -148,7 +174,7 @@ def train(config: TrainConfig) -> Path:
             f"{config.method!r} is a baseline, not a trainable method; see `histocli encoders`"
         )
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    scan = scan_dataset(config.data, config.dataset)
+    scan = scan_dataset(config.data, config.layout, config.dataset)
     tiles, problems = load_tile_set(
         scan.records, config.tiling, config.max_pixels, config.home / "cache", config.progress
     )
@@ -163,9 +189,17 @@ def train(config: TrainConfig) -> Path:
         trainer = _trainer(config, figures, model, length.steps, epochs, has_val=val_loader is not None)
         ckpt = config.home / "checkpoints" / config.run_name / "last.ckpt"
         fit_started = time.perf_counter()
-        trainer.fit(
-            model, train_loader, val_loader, ckpt_path=str(ckpt) if config.resume and ckpt.exists() else None
-        )
+        try:
+            trainer.fit(
+                model,
+                train_loader,
+                val_loader,
+                ckpt_path=str(ckpt) if config.resume and ckpt.exists() else None,
+            )
+        except SystemExit:
+            if trainer.interrupted:  # Lightning turns Ctrl-C into sys.exit(1) after its teardown
+                raise KeyboardInterrupt from None
+            raise
     seconds = time.perf_counter() - fit_started
     if trainer.global_rank != 0:
         return config.artifact_dir
@@ -304,7 +338,8 @@ def _meta(
         orientation_pooling=DEFAULT_ORIENTATION_POOLING,
         data={
             "dataset": config.dataset,
-            "root": str(config.data),
+            "layout": config.layout,
+            "root": str(Path(config.data).absolute()),
             "tiles": len(tiles),
             "groups": len(set(tiles.groups)),
             "labels": per_label,

@@ -35,7 +35,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from histo.data.datasets.base import Problem
 from histo.data.tiling import TilingConfig
-from histo.errors import HistoError, InvalidInputError, StoreLockedError, StoreUnavailableError
+from histo.errors import (
+    HistoError,
+    InvalidInputError,
+    StaleVectorsError,
+    StoreLockedError,
+    StoreUnavailableError,
+)
 from histo.jobs import BatchResult, Completion, JobTracker, TileBatch, process_batch
 from histo.queue_config import EMBED_BATCH_TASK
 from histo.store import VectorStore, open_store
@@ -130,6 +136,19 @@ def store_session(wait_s: float | None = None) -> Iterator[VectorStore]:
         yield store
 
 
+def check_artifacts(embedders: dict[str, Embedder], digests: dict[str, str]) -> None:
+    """``StaleVectorsError`` when an encoder here is not the artifact the job was planned with
+    (its digest differs): its vectors would sit beside the others' as if from one model."""
+    for name, digest in digests.items():
+        here = embedders[name].digest if name in embedders else None
+        if here is not None and here != digest:
+            raise StaleVectorsError(
+                f"this worker's {name} artifact ({settings.encoders_dir / name}, digest {here}) is not the "
+                f"one the job was queued with (digest {digest}); give every worker the same "
+                "HISTO_HOME/encoders as the machine that runs histocli ingest, then rerun the ingest"
+            )
+
+
 def _optimize() -> None:
     """Build indexes once the job's last batch is in (the embedded shard has no background optimiser)."""
     try:
@@ -139,12 +158,19 @@ def _optimize() -> None:
         logger.warning("could not optimise the index after the job: %s", exc)
 
 
-def run_batch(batch: TileBatch, encoders: list[str], tiling: dict[str, Any], max_pixels: int) -> BatchResult:
-    """Embed and upsert one batch in this process."""
+def run_batch(
+    batch: TileBatch,
+    encoders: list[str],
+    tiling: dict[str, Any],
+    max_pixels: int,
+    digests: dict[str, str] | None = None,
+) -> BatchResult:
+    """Embed and upsert one batch in this process, with the artifacts the job was planned with."""
     from histo.ingest import Ingestor
 
     config = TilingConfig(**tiling)
     embedders = embedders_for(encoders)
+    check_artifacts(embedders, digests or {})
     with store_session() as store:
         return process_batch(batch, Ingestor(store, embedders), config, max_pixels)
 
@@ -165,8 +191,10 @@ def embed_batch(
     encoders: list[str],
     tiling: dict[str, Any],
     max_pixels: int,
+    digests: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Embed one batch of tiles with every encoder, upsert them and count the batch in the job."""
+    """Embed one batch of tiles with every encoder, upsert them and count the batch in the job;
+    ``digests``: the artifacts the job was planned with (a worker with others fails the batch)."""
     tracker = JobTracker(redis_client(), job_id)
     try:
         tile_batch = TileBatch.from_dict(batch)
@@ -183,7 +211,7 @@ def embed_batch(
             reason = f"its worker died {died} times while embedding it (out of memory?); batch given up"
             tracker.fail_batch(tile_batch, reason)
             return {"batch": tile_batch.id, "outcome": "failed", "reason": reason}
-        result = run_batch(tile_batch, encoders, tiling, max_pixels)
+        result = run_batch(tile_batch, encoders, tiling, max_pixels, digests)
     except StoreUnavailableError as exc:
         if self.max_retries is not None and self.request.retries >= self.max_retries:
             tracker.fail_batch(tile_batch, f"store unavailable after {self.request.retries} retries: {exc}")

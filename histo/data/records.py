@@ -26,6 +26,8 @@ class ImageRecord:
     patient_id: str | None = None
     mpp: float | None = None
     magnification: str | None = None
+    #: The folder layout the data set was read as (``histo.data.datasets``); ``dataset`` is its name.
+    layout: str | None = None
     #: The file as it was read (``histo.data.filestamp``): bytes, modification time in ns and a
     #: content hash, stored with every tile so that ``ingest --sync`` and ``index prune`` can tell
     #: unchanged, changed and vanished files apart. None where not stamped.
@@ -66,6 +68,7 @@ def tile_payload(record: ImageRecord, box: Box, tile_size: int) -> dict[str, Any
     """The payload stored beside a tile's vectors (DESIGN.md §4); absent facts are left out."""
     payload: dict[str, Any] = {
         "dataset": record.dataset,
+        "layout": record.layout,
         "label": record.label,
         "split": record.split,
         "image_id": record.image_id,

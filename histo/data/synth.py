@@ -202,9 +202,16 @@ def _check_dataset(dataset: str) -> None:
 
 
 def write_synthetic(
-    dataset: str, out: Path, slides: int, tiles_per_slide: int, seed: int, tile_size: int = 224
+    dataset: str,
+    out: Path,
+    slides: int,
+    tiles_per_slide: int,
+    seed: int,
+    tile_size: int = 224,
+    class_folders: bool = False,
 ) -> SynthSummary:
-    """Render a synthetic data set under ``out`` in the real layout, plus ``histo-slides.csv``."""
+    """Render a synthetic data set under ``out`` in the real layout (or, with ``class_folders``,
+    as ``<label>/<slide>_<n>.png``: any lab's folder of class sub-folders), plus ``histo-slides.csv``."""
     _check_dataset(dataset)
     if slides < 1:
         raise InvalidInputError(f"slides must be at least 1 (got {slides}); pass --slides 1 or more")
@@ -228,6 +235,8 @@ def write_synthetic(
         for n, label in enumerate(labels, start=1):
             rgb = render_image(dataset, label, seed, slide, size, tile_size)
             rel_path, slide_id, patient_id = _name(dataset, label, slide, n, splits, seed)
+            if class_folders:
+                rel_path = f"{label}/{slide_id or patient_id}_{n}.png"
             path = out / rel_path
             path.parent.mkdir(parents=True, exist_ok=True)
             _save(rgb, path)

@@ -58,7 +58,7 @@ def load_tile_set(
 ) -> tuple[TileSet, list[Problem]]:
     """The tiles of ``records``: from the cache when it is current, else cut now and cached."""
     if not records:
-        raise InvalidInputError("no images to tile; check the data folder and --dataset")
+        raise InvalidInputError("no images to tile; check the data folder and --layout")
     folder = cache_root / cache_key(records, config)
     if (folder / "index.json").is_file():
         return _read(folder, config.tile_size)

@@ -7,7 +7,10 @@ queries read input size, mean/std and orientation pooling from here only, so the
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,16 +55,73 @@ class ArtifactMeta:
             )
 
 
+#: Metadata that decides which vector a tile gets (with the weights): the digest covers these.
+VECTOR_FIELDS = (
+    "kind",
+    "method",
+    "architecture",
+    "embedding_dim",
+    "input_size",
+    "mean",
+    "std",
+    "orientation_pooling",
+    "extra",
+)
+#: Hex digits of SHA-256 kept in a digest: stamped on every point, so short, and still far from
+#: any chance of two artifacts of one index sharing one (2^-64 per pair).
+DIGEST_HEX = 16
+
+
 def save_artifact(out_dir: Path, meta: ArtifactMeta, state_dict: dict[str, torch.Tensor] | None) -> Path:
-    """Write the artifact folder (weights first, metadata last: a folder with metadata is complete)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if state_dict is not None:
-        cpu_state = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
-        torch.save(cpu_state, out_dir / WEIGHTS_FILE)
-    temp = out_dir / (META_FILE + ".tmp")
-    temp.write_text(json.dumps(asdict(meta), indent=2, sort_keys=True))
-    temp.replace(out_dir / META_FILE)
+    """Write the artifact folder whole, then put it in place: it is written beside ``out_dir``
+    (weights first, metadata last) and swapped in by renaming, so a run stopped at any moment
+    leaves either the old artifact or the new one, never a mix (``replace_folder``)."""
+    out_dir = Path(out_dir)
+    partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        if state_dict is not None:
+            cpu_state = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
+            torch.save(cpu_state, partial / WEIGHTS_FILE)
+        (partial / META_FILE).write_text(json.dumps(asdict(meta), indent=2, sort_keys=True))
+        replace_folder(partial, out_dir)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return out_dir
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Rename ``new`` to ``target``; an existing ``target`` is moved aside first and removed after,
+    or put back if the rename fails (the name is free only between two renames)."""
+    aside = target.parent / f".{target.name}.old-{os.getpid()}"
+    had_old = target.exists()
+    if had_old:
+        shutil.rmtree(aside, ignore_errors=True)
+        target.rename(aside)
+    try:
+        new.rename(target)
+    except BaseException:
+        if had_old:
+            aside.rename(target)
+        raise
+    if had_old:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def artifact_digest(folder: Path) -> str:
+    """What identifies the model an artifact embeds with: SHA-256 over its weights file and the
+    metadata that shape its vectors (``VECTOR_FIELDS``), cut to ``DIGEST_HEX`` hex digits. The
+    same digest means the same vectors; a retrained, re-imported or edited artifact gets another.
+    Its creation time and training log are left out, so a baseline written again keeps its digest."""
+    folder = Path(folder)
+    meta = asdict(load_meta(folder))
+    digest = hashlib.sha256(json.dumps({k: meta[k] for k in VECTOR_FIELDS}, sort_keys=True).encode())
+    weights = folder / WEIGHTS_FILE
+    if weights.is_file():
+        with open(weights, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()[:DIGEST_HEX]
 
 
 def load_meta(path: Path) -> ArtifactMeta:
@@ -95,7 +155,9 @@ def list_artifacts(encoders_dir: Path) -> list[tuple[Path, ArtifactMeta]]:
     if not encoders_dir.is_dir():
         return []
     found = []
-    for folder in sorted(p for p in encoders_dir.iterdir() if (p / META_FILE).is_file()):
+    # names starting with "." are artifacts being written or replaced (``save_artifact``)
+    folders = (p for p in encoders_dir.iterdir() if not p.name.startswith(".") and (p / META_FILE).is_file())
+    for folder in sorted(folders):
         try:
             found.append((folder, load_meta(folder)))
         except InvalidInputError:

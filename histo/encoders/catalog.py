@@ -45,5 +45,5 @@ def _artifact_for(name: str, encoders_dir: Path, input_size: int) -> Path:
         return make_baseline_artifact(name, folder, input_size=input_size)
     raise InvalidInputError(
         f"no trained {name} encoder in {encoders_dir}; "
-        f"train it first: histocli train {name} --data DIR --dataset NAME"
+        f"train it first: histocli train {name} --data DIR --layout LAYOUT"
     )

@@ -483,7 +483,7 @@ def load_points(store: Any, vectors: Mapping[str, int], records: Iterable[Record
 
 
 #: The inventory entries a restored or copied collection must reproduce exactly.
-COMPARED = ("points", "vectors", "vector_points", "datasets", "data_roots")
+COMPARED = ("points", "vectors", "vector_points", "datasets", "data_roots", "artifacts")
 
 
 def check_inventory(path: Path, manifest: Mapping[str, Any], inventory: Mapping[str, Any]) -> None:

@@ -27,11 +27,30 @@ from histo.errors import InvalidInputError, UnknownNameError, unknown_name
 
 DEFAULT_COLLECTION = "histo"
 #: Payload fields that get a keyword index and can be filtered on.
-FILTER_FIELDS: tuple[str, ...] = ("dataset", "label", "split", "image_id", "slide_id", "patient_id", "role")
+FILTER_FIELDS: tuple[str, ...] = (
+    "dataset",
+    "label",
+    "split",
+    "image_id",
+    "slide_id",
+    "patient_id",
+    "role",
+    "layout",
+)
 #: The condition key that stands for the point id (a has-id condition), not a payload field.
 POINT_ID = "#id"
 #: The payload ``role`` of a slide's representative tiles (its mosaic), which slide search searches.
 MOSAIC_ROLE = "mosaic"
+#: The payload object that records, per named vector of a point, the digest of the encoder artifact
+#: that made it (``{"simclr": "3f2a9c0b1d4e5f67"}``; ``histo.provenance``). Each entry is a keyword
+#: index (``stamp_field``), so the index can say, per encoder, which artifacts its vectors came from.
+STAMP_KEY = "artifacts"
+
+
+def stamp_field(name: str) -> str:
+    """The payload field holding the artifact digest of a point's ``name`` vector."""
+    return f"{STAMP_KEY}.{name}"
+
 
 VectorLike = Sequence[float] | np.ndarray
 #: A backend-neutral list of ``(payload field, accepted values)`` conditions.
@@ -331,7 +350,15 @@ class VectorStore(Protocol):
         """For each id that lacks some of ``names`` (or does not exist), the names it lacks."""
         ...
 
-    def count(self, filter: SearchFilter | None = None) -> int: ...
+    def count(self, filter: SearchFilter | None = None, *, vector: str | None = None) -> int:
+        """Points ``filter`` lets through (that have the named ``vector``, when given)."""
+        ...
+
+    def count_values(
+        self, key: str, filter: SearchFilter | None = None, where: Mapping[str, str] | None = None
+    ) -> dict[str, int]:
+        """Points per value of payload field ``key`` among those ``filter`` and ``where`` keep."""
+        ...
 
     def delete(self, ids: Iterable[str | uuid.UUID]) -> int:
         """Remove points by id; returns how many existed (unknown ids are ignored)."""
@@ -373,6 +400,11 @@ class VectorStore(Protocol):
         """Build indexes after a bulk load (HNSW, segment merges); a no-op where the server does it."""
         ...
 
+    def announce(self, **serves: str) -> None:
+        """Say where this process serves the store (``grpc="HOST:PORT"``, ``web="URL"``), so that
+        another process finding the embedded index in use can name the way through it."""
+        ...
+
     def drop(self) -> None:
         """Delete the collection and everything in it."""
         ...
@@ -404,7 +436,8 @@ def canonical_id(value: object) -> str:
         except ValueError:
             pass
     raise InvalidInputError(
-        f"point id {value!r} is not a UUID; use histo.data.records.point_id(...) to make one"
+        f"point id {value!r} is not a UUID (ids look like 1b4e28ba-2fa1-4d2e-883f-0016d3cca427); "
+        "copy one from the id column of a search result"
     )
 
 
@@ -551,8 +584,9 @@ class StoreBase(abc.ABC):
     def _count(self, must: Conditions, must_not: Conditions, has_vector: str | None = None) -> int: ...
 
     @abc.abstractmethod
-    def _facet(self, key: str, must: Conditions) -> dict[str, int]:
-        """Exact counts of the values of ``key`` among points meeting ``must``."""
+    def _facet(self, key: str, must: Conditions, must_not: Conditions = ()) -> dict[str, int]:
+        """Exact counts of the values of ``key`` among points meeting ``must`` and not ``must_not``
+        (``key`` has a keyword index)."""
 
     @abc.abstractmethod
     def _drop(self) -> None: ...
@@ -562,6 +596,10 @@ class StoreBase(abc.ABC):
 
     def optimize(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Build indexes after a bulk load; the default does nothing."""
+
+    def announce(self, **serves: str) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Tell other processes what this one serves from the store (the embedded store records it
+        in its owner lock); the default does nothing: a server is shared, not owned."""
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -624,7 +662,7 @@ class StoreBase(abc.ABC):
         else:
             for name in added:
                 self._add_vector(name, wanted[name])
-        self._ensure_indexes(FILTER_FIELDS)
+        self._ensure_indexes(FILTER_FIELDS + tuple(stamp_field(n) for n in sorted({*existing, *wanted})))
         self._dims = None
         return added
 
@@ -824,12 +862,32 @@ class StoreBase(abc.ABC):
             if offset is None:
                 return
 
-    def count(self, filter: SearchFilter | None = None) -> int:
+    def count(self, filter: SearchFilter | None = None, *, vector: str | None = None) -> int:
         self._check_open()
         flt = self._check_filter(filter)
+        if vector is not None:
+            self._dim_of(check_name(vector))
         if not self._known():
             return 0
-        return self._count(flt.must, flt.must_not)
+        return self._count(flt.must, flt.must_not, has_vector=vector)
+
+    def count_values(
+        self, key: str, filter: SearchFilter | None = None, where: Mapping[str, str] | None = None
+    ) -> dict[str, int]:
+        """Exact counts of the values of payload field ``key`` among the points ``filter`` lets
+        through and whose fields equal ``where`` (field -> value), value -> points ({} without a
+        collection). Fields get a keyword index first where they have none (the engine counts
+        values through one)."""
+        self._check_open()
+        flt = self._check_filter(filter)
+        extra = {check_name(k): v for k, v in (where or {}).items()}
+        for key_name, value in extra.items():
+            _check_value(key_name, value)
+        if not self._known():
+            return {}
+        self._ensure_indexes((key, *extra))
+        must = flt.must + tuple((name, (value,)) for name, value in extra.items())
+        return dict(sorted(self._facet(key, must, flt.must_not).items()))
 
     def stats(self) -> dict[str, Any]:
         self._check_open()
@@ -852,7 +910,13 @@ class StoreBase(abc.ABC):
             "vectors": vectors,
             "datasets": datasets,
             "labels": labels,
+            "layouts": {dataset: self.count_values("layout", SearchFilter(dataset)) for dataset in datasets},
+            "artifacts": self._artifacts(known),
         }
+
+    def _artifacts(self, known: Mapping[str, int]) -> dict[str, dict[str, int]]:
+        """Per named vector, how many of its vectors each artifact made (by digest)."""
+        return {name: self.count_values(stamp_field(name)) for name in sorted(known)}
 
     def inventory(self) -> dict[str, Any]:
         self._check_open()
@@ -872,6 +936,7 @@ class StoreBase(abc.ABC):
                 for dataset, points in datasets.items()
             },
             "data_roots": {dataset: self._roots(dataset) for dataset in datasets},
+            "artifacts": self._artifacts(known),
         }
 
     def _roots(self, dataset: str, most: int = 16) -> list[str]:

@@ -71,7 +71,8 @@ from histo.store.base import (
 LOCK_NAME = ".histo-store.lock"
 _FACET_LIMIT = 100_000
 _WAY_OUT = (
-    "stop that process (e.g. a running `histocli serve`) or use a Qdrant server (set HISTO_QDRANT__URL)"
+    "stop that process, or, if it is histocli serve, go through it with --server HOST:PORT (the address "
+    "it printed), or use a Qdrant server (set HISTO_QDRANT__URL)"
 )
 
 
@@ -125,6 +126,17 @@ class OwnerLock:
         os.pwrite(fd, json.dumps(owner).encode(), 0)
         self._fd = fd
 
+    def announce(self, **serves: str) -> None:
+        """Record in the lock file what the owner serves (``grpc="127.0.0.1:50051"`` or
+        ``web="http://127.0.0.1:8080"``), so that another process told the index is in use
+        can say where to go instead."""
+        if self._fd is None:
+            return
+        owner = {**self.owner(), "serves": dict(serves)}
+        data = json.dumps(owner).encode()
+        os.pwrite(self._fd, data, 0)
+        os.ftruncate(self._fd, len(data))
+
     def forget_in_child(self) -> None:
         """In a forked child: drop this process's copy of the locked file without unlocking it.
 
@@ -172,7 +184,24 @@ class OwnerLock:
                 who += f" ({command})"
             if host == socket.gethostname() and not _pid_alive(pid):
                 who += ", which has exited; a child it started may still hold the lock"
-        return f"{self.what} is in use by {who}; {_WAY_OUT}"
+        return f"{self.what} is in use by {who}; {_way_out(owner.get('serves'))}"
+
+
+def _way_out(serves: object) -> str:
+    """What to do about an owned index: go through the server that owns it, or stop the owner."""
+    serves = serves if isinstance(serves, dict) else {}
+    grpc, web = serves.get("grpc"), serves.get("web")
+    if isinstance(grpc, str) and grpc:
+        return (
+            f"it is the search service at {grpc}: go through it with --server {grpc} "
+            "(histocli search, web, heatmap, index stats, index snapshot), or stop it"
+        )
+    if isinstance(web, str) and web:
+        return (
+            f"it is the search page at {web}: search there, or stop it (to share the index between "
+            "the page and the command line, run histocli serve and give both --server HOST:PORT)"
+        )
+    return _WAY_OUT
 
 
 #: Stores open in this process, so that a forked child can let go of their locks.
@@ -380,6 +409,10 @@ class EdgeStore(StoreBase):
     def description(self) -> str:
         return str(self.path)
 
+    def announce(self, **serves: str) -> None:
+        """Say in the owner lock what this process serves (``OwnerLock.announce``)."""
+        self._lock.announce(**serves)
+
     @contextlib.contextmanager
     def _engine(self, action: str) -> Iterator[None]:
         """Serialise access and turn engine errors into histo errors with a way out."""
@@ -549,10 +582,10 @@ class EdgeStore(StoreBase):
                 return 0
             return int(self._shard.count(qe.CountRequest(exact=True, filter=_filter(must, must_not, extra))))
 
-    def _facet(self, key: str, must: Conditions) -> dict[str, int]:
+    def _facet(self, key: str, must: Conditions, must_not: Conditions = ()) -> dict[str, int]:
         with self._engine(f"count values of {key!r}"):
             response = self._require().facet(
-                qe.FacetRequest(key=key, limit=_FACET_LIMIT, exact=True, filter=_filter(must, ()))
+                qe.FacetRequest(key=key, limit=_FACET_LIMIT, exact=True, filter=_filter(must, must_not))
             )
         # the engine may keep a value whose last point changed, with a count of 0
         return {str(hit.value): int(hit.count) for hit in response if hit.count > 0}

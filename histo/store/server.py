@@ -454,10 +454,10 @@ class ServerStore(StoreBase):
                 ).count
             )
 
-    def _facet(self, key: str, must: Conditions) -> dict[str, int]:
+    def _facet(self, key: str, must: Conditions, must_not: Conditions = ()) -> dict[str, int]:
         with self._api(f"count values of {key!r}"):
             response = self.client.facet(
-                self.collection, key, facet_filter=_filter(must, ()), limit=_FACET_LIMIT, exact=True
+                self.collection, key, facet_filter=_filter(must, must_not), limit=_FACET_LIMIT, exact=True
             )
         return {str(hit.value): int(hit.count) for hit in response.hits if hit.count > 0}
 

@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         help="intra-op threads per forward pass (default: torch's choice; 1 avoids oversubscription "
         "when many calls run at once or the cores are busy)",
     )
+    parser.add_argument(
+        "--allow-stale",
+        action="store_true",
+        help="search with an encoder even when the index holds vectors another artifact of its name "
+        "made (logged as a warning); by default such an encoder is not searched",
+    )
     options = parser.parse_args(argv)
     if options.torch_threads:
         import torch
@@ -77,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         server, _port = create_server(
             cfg,
             lambda: MeteredEngine.from_settings(
-                store, settings, batching=cfg.batching(), embed_seconds=embed_seconds
+                store,
+                settings,
+                batching=cfg.batching(),
+                embed_seconds=embed_seconds,
+                stale="warn" if options.allow_stale else "refuse",
             ),
             max_workers=options.workers,
             secrets=secrets,
@@ -85,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             snapshots=SnapshotTaker(store, settings.encoders_dir, settings.home / "snapshots"),
         )
         server.start()
+        store.announce(grpc=reachable(server.address))
         scheme = "TLS" if cfg.tls_cert else "plaintext"
         token = "token required" if cfg.token else "no token"
         print(f"listening on {server.address} ({scheme}, {token}); loading encoders", flush=True)
@@ -97,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         names = ", ".join(engine.encoders) or "none (ingest with an encoder first)"
         print(f"serving {store.description} with encoders: {names}", flush=True)
+        for name, why in engine.stale.items():
+            print(f"warning: not serving {name}: {why}", file=sys.stderr, flush=True)
         serve_until_signalled(server, options.grace)
         engine.close()
         print("stopped", flush=True)
@@ -104,8 +117,18 @@ def main(argv: list[str] | None = None) -> int:
     except HistoError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before serving (while loading); once serving it stops gracefully
+        print("interrupted; rerun the same command to start again", file=sys.stderr, flush=True)
+        return 130
     finally:
         store.close()
+
+
+def reachable(address: str) -> str:
+    """The address a client on this machine dials for a server bound to ``address``
+    (a wildcard host becomes the loopback address)."""
+    host, _, port = address.rpartition(":")
+    return f"127.0.0.1:{port}" if host in ("0.0.0.0", "[::]", "::", "") else address
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ image over the pixel limit                 RESOURCE_EXHAUSTED   ``ImageTooLargeE
 unknown encoder (lists the known ones),    INVALID_ARGUMENT     ``InvalidInputError`` and subclasses:
 bad filter, top_k, vector, no query,                            ``UnknownNameError``, ``ImageDecodeError``
 empty or undecodable image
-unknown point id, point lacks the vector   NOT_FOUND            ``NotFoundError``
+unknown point id, point lacks the vector,  NOT_FOUND            ``NotFoundError``, ``NoMatchError``
+a filter value the index does not hold
+vectors made by another artifact than the  FAILED_PRECONDITION  ``StaleVectorsError``
+one loaded (re-ingest them)
 store unreachable or locked                UNAVAILABLE          ``StoreUnavailableError`` and its
                                                                 subclass ``StoreLockedError``
 encoders still loading, or failed to load  UNAVAILABLE          ``NotReadyError`` (below)
@@ -42,6 +45,7 @@ from histo.errors import (
     ImageTooLargeError,
     InvalidInputError,
     NotFoundError,
+    StaleVectorsError,
     StoreUnavailableError,
     redact,
 )
@@ -58,6 +62,7 @@ STATUS_TABLE: tuple[tuple[type[HistoError], grpc.StatusCode], ...] = (
     (ImageTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (StaleVectorsError, grpc.StatusCode.FAILED_PRECONDITION),
     (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE),
 )

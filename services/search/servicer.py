@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
-from histo.client import FUSION_VALUES, STRATEGY_VALUES
+from histo.client import FUSION_VALUES, STRATEGY_VALUES, query_image_message
 from histo.data.records import Box
 from histo.data.tile_source import TileImage, TileView
 from histo.heatmap import DEFAULT_BEST, Heatmap
@@ -96,6 +96,7 @@ def box_messages(boxes: Iterable[Box]) -> list[search_pb2.Box]:
 
 def search_response(result: SearchResult) -> search_pb2.SearchResponse:
     return search_pb2.SearchResponse(
+        query_image=query_image_message(result.query_image),
         hits=[hit_message(h) for h in result.hits],
         encoder=result.encoder,
         took_ms=result.took_ms,
@@ -135,6 +136,7 @@ def slides_response(result: SlideSearchResult) -> search_pb2.SearchSlidesRespons
         encoder=result.encoder,
         took_ms=result.took_ms,
         query_boxes=box_messages(result.query_boxes),
+        query_image=query_image_message(result.query_image),
     )
 
 

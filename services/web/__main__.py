@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from histo.errors import HistoError
 from histo.observability import configure_logging
 from histo.prometheus import IndexCollector, MeteredEngine, embed_histogram, new_registry
+from histo.search import SearchEngine
 from histo.settings import Settings, get_settings
 from services.web.app import SearchBackend, create_app
 from services.web.server import WebServer
@@ -32,7 +33,11 @@ MIB = 1024 * 1024
 
 @contextlib.contextmanager
 def open_backend(
-    settings: Settings, server: str | None, tls_ca: Path | None, registry: CollectorRegistry
+    settings: Settings,
+    server: str | None,
+    tls_ca: Path | None,
+    registry: CollectorRegistry,
+    stale: str = "refuse",
 ) -> Iterator[SearchBackend]:
     """A ``SearchClient`` of ``server``, or a ``SearchEngine`` over the configured store (whose
     figures and embedding times then go to ``registry``)."""
@@ -56,7 +61,7 @@ def open_backend(
     with store:
         registry.register(IndexCollector(store))
         engine = MeteredEngine.from_settings(
-            store, settings, batching=grpc.batching(), embed_seconds=embed_histogram(registry)
+            store, settings, batching=grpc.batching(), embed_seconds=embed_histogram(registry), stale=stale
         )
         try:
             yield engine
@@ -82,13 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", default=None, help="HOST:PORT of a running histocli serve")
     parser.add_argument("--tls-ca", type=Path, default=None, help="CA certificate (PEM) for a TLS server")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--allow-stale",
+        action="store_true",
+        help="search with an encoder even when the index holds vectors another artifact of its name made",
+    )
     options = parser.parse_args(argv)
     configure_logging(options.log_level, settings.log.format)
     registry = new_registry()
     token = settings.web.token.get_secret_value() if settings.web.token else None
     secrets = [s.get_secret_value() for s in (settings.grpc.token, settings.qdrant.api_key) if s is not None]
     try:
-        with open_backend(settings, options.server, options.tls_ca, registry) as backend:
+        stale = "warn" if options.allow_stale else "refuse"
+        with open_backend(settings, options.server, options.tls_ca, registry, stale) as backend:
             app = create_app(
                 backend,
                 token=token,
@@ -101,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             web = WebServer(
                 app, options.host, options.port, options.log_level.lower(), uvicorn_logging=not json_logs
             )
+            if isinstance(backend, SearchEngine):
+                backend.store.announce(web=web.url)
             print(f"searching {describe(backend, options.server)}", flush=True)
             print(f"open {web.url} in a browser{' (token required)' if token else ''}", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
@@ -110,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     except HistoError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while the encoders load; once serving, it stops gracefully
+        print("interrupted; rerun the same command to start again", file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from histo.errors import (
     ImageTooLargeError,
     InvalidInputError,
     NotFoundError,
+    StaleVectorsError,
     StoreUnavailableError,
     redact,
 )
@@ -40,6 +41,7 @@ STATUS_TABLE: tuple[tuple[type[HistoError], int], ...] = (
     (MessageTooLargeError, 413),
     (InvalidInputError, 422),
     (NotFoundError, 404),
+    (StaleVectorsError, 409),
     (StoreUnavailableError, 503),
     (ServiceUnavailableError, 503),
     (UnauthorisedError, 401),

@@ -55,7 +55,8 @@ class FakeQdrant:
     """``with FakeQdrant({"colorhist": 24}) as fake: fake.url``; ``fake.stop()`` refuses from then on.
 
     ``port`` binds a given port (a server "coming back"); ``fail_with`` answers every request with
-    that HTTP status, as a Qdrant behind a proxy does while it restarts.
+    that HTTP status, as a Qdrant behind a proxy does while it restarts. As a server does, it counts
+    the values of a payload field (facet: none, it holds no points) only once the field has an index.
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class FakeQdrant:
         self.fail_with = fail_with
         self.requests: list[SeenRequest] = []
         self._info = collection_info(vectors)
+        self.indexed: set[str] = set()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
@@ -108,6 +110,14 @@ class FakeQdrant:
             ("POST", f"{base}/points/query/batch"): {"result": [{"points": []} for _ in _searches(body)]},
             ("POST", f"{base}/points"): {"result": []},
         }
+        if (method, path) == ("PUT", f"{base}/index"):
+            self.indexed.add(json.loads(body or b"{}").get("field_name", ""))
+            routes[(method, path)] = {"result": {"operation_id": 0, "status": "completed"}}
+        if (method, path) == ("POST", f"{base}/facet"):
+            key = json.loads(body or b"{}").get("key", "")
+            if key not in self.indexed:
+                return 400, {"status": {"error": f"Bad request: No appropriate index for faceting: `{key}`"}}
+            routes[(method, path)] = {"result": {"hits": []}}
         answer = routes.get((method, path))
         if answer is None:
             return 404, {"status": {"error": f"fake qdrant has no {method} {path}"}}

@@ -27,7 +27,7 @@ def test_one_epoch_end_to_end(bach: Path, tmp_path: Path, method: str) -> None:
     config = TrainConfig(
         method=method,
         data=bach,
-        dataset="bach",
+        layout="bach",
         home=tmp_path,
         epochs=1,
         batch_size=8,

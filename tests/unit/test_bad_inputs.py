@@ -60,7 +60,18 @@ class Run:
 
 
 def cli_ingest(root: Path, *extra: str) -> tuple[int, str]:
-    args = ["ingest", str(root), "-d", "folder", "-e", ",".join(ENCODERS), "--min-tissue", "0"]
+    args = [
+        "ingest",
+        str(root),
+        "--layout",
+        "folder",
+        "--name",
+        "folder",
+        "-e",
+        ",".join(ENCODERS),
+        "--min-tissue",
+        "0",
+    ]
     result = runner.invoke(app, [*args, "--batch-size", "16", *extra])
     return result.exit_code, result.output
 

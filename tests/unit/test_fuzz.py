@@ -358,7 +358,8 @@ def test_cut_tiles_have_the_tile_size_and_small_images_are_refused(
 @FUZZ
 @given(mpp=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(1e-3, 1e3)))
 def test_query_resolution_is_used_or_refused(engine: SearchEngine, mpp: float) -> None:
-    """Any ``mpp`` on an image query: hits, or INVALID_ARGUMENT (never a million tiny tiles)."""
+    """Any ``mpp`` on an image query: hits, or INVALID_ARGUMENT (never a million tiny tiles, and
+    never a 64 px image searched as a tile it would cover less than half of)."""
     target = 0.5
     engine_at = SearchEngine(
         engine.store,
@@ -369,7 +370,8 @@ def test_query_resolution_is_used_or_refused(engine: SearchEngine, mpp: float) -
     )
     request = search_pb2.SearchRequest(image=UPLOAD, mpp=mpp, top_k=2)
     sent = request.mpp  # as the wire carries it; 0 means "not given"
-    if sent == 0 or (sent > 0 and math.isfinite(sent) and sent / target <= 16):
+    extent = min(TILE * target / sent, 2.0**40) if sent > 0 and math.isfinite(sent) else TILE  # source px
+    if sent == 0 or (0 < sent / target <= 16 and 64 * 64 >= 0.5 * float(round(extent)) ** 2):
         response = call_search(engine_at, request)
         assert len(response.hits) == 2 and 1 <= len(response.query_boxes) <= 4
         return
@@ -459,6 +461,19 @@ def expected_ids(engine: SearchEngine, keeps: Any) -> set[str]:
     return {r.id for r in engine.store.scroll() if keeps(r.payload)}
 
 
+def names_unknown_values(engine: SearchEngine, given: FilterInput) -> bool:
+    """Whether the filter names a data set the index lacks, or a label or split its data set (or
+    the index) lacks: the engine says so (NOT_FOUND) instead of answering with fewer hits."""
+    payloads = [r.payload for r in engine.store.scroll()]
+    if given.dataset and given.dataset not in {p.get("dataset") for p in payloads}:
+        return True
+    scope = [p for p in payloads if not given.dataset or p.get("dataset") == given.dataset]
+    labels, splits = {p.get("label") for p in scope}, {p.get("split") for p in scope}
+    return any(label not in labels for label in given.labels) or bool(
+        given.split and given.split not in splits
+    )
+
+
 @settings(FUZZ, max_examples=60)
 @given(filters)
 def test_search_filter_is_exact_or_refused(engine: SearchEngine, given_filter: FilterInput) -> None:
@@ -503,7 +518,14 @@ def test_proto_filter_through_the_servicer_is_exact_or_invalid_argument(
         assert aborted.value.code == grpc.StatusCode.INVALID_ARGUMENT and "\n" not in aborted.value.details
         return
     assert filter_of(message) == as_sent.build()
-    response = call_search(engine, request)
     want = expected_ids(engine, as_sent.keeps)
+    kept_only = as_sent.dataset or as_sent.labels or as_sent.split
+    if names_unknown_values(engine, as_sent) or (not want and kept_only):
+        event("explained: NOT_FOUND")
+        with pytest.raises(Aborted) as aborted:
+            call_search(engine, request)
+        assert aborted.value.code == grpc.StatusCode.NOT_FOUND and "\n" not in aborted.value.details
+        return
+    response = call_search(engine, request)
     event(f"valid, {'no' if not want else 'some'} hits")
     assert {h.id for h in response.hits} == want

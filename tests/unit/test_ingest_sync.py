@@ -197,7 +197,20 @@ def test_worker_batches_carry_the_stamps_into_the_payload(
 
 def cli_ingest(root: Path, *extra: str) -> tuple[dict[str, Any], str]:
     """``histocli ingest ROOT -d folder --json``: the figures and what went to stderr."""
-    args = ["ingest", str(root), "-d", "folder", "-e", "colorhist", "--workers", "0", "--tile-size", "32"]
+    args = [
+        "ingest",
+        str(root),
+        "--layout",
+        "folder",
+        "--name",
+        "folder",
+        "-e",
+        "colorhist",
+        "--workers",
+        "0",
+        "--tile-size",
+        "32",
+    ]
     result = runner.invoke(app, [*args, "--json", *extra])
     assert result.exit_code == 0, result.output
     figures: dict[str, Any] = json.loads(result.stdout)
@@ -231,7 +244,7 @@ def test_cli_sync_reports_what_it_removed_and_reembedded(folder: Path, home: Pat
     assert (home / "logs" / "gone-folder.tsv").read_text().endswith("/b/gone.png\t2\n")
     stats = json.loads(runner.invoke(app, ["index", "stats", "--json"]).stdout)
     assert stats["points"] == 5
-    text = runner.invoke(app, ["ingest", str(folder), "-d", "folder", "--sync", "--queue"])
+    text = runner.invoke(app, ["ingest", str(folder), "--layout", "folder", "--sync", "--queue"])
     assert text.exit_code == 1 and "--sync runs in this process" in text.output
 
 
@@ -251,9 +264,7 @@ def test_cli_prune_reports_first_and_dry_run_removes_nothing(folder: Path, home:
     assert "2 gone from disk" in done.stderr  # the report came before the removal
     assert json.loads(runner.invoke(app, ["index", "stats", "--json"]).stdout)["points"] == 4
     typo = runner.invoke(app, ["index", "prune", "-d", "bracs"])
-    assert (
-        typo.exit_code == 1 and "unknown data set in the index 'bracs'; choose one of: folder" in typo.output
-    )
+    assert typo.exit_code == 1 and "no data set 'bracs' in the index; it holds: folder (4)" in typo.output
 
 
 def test_prune_keeps_files_whose_whole_folder_is_missing_unless_told(folder: Path, home: Path) -> None:

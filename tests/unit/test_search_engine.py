@@ -343,17 +343,17 @@ def test_large_image_is_tiled_and_combined_by_max_similarity(
     assert len({h.id for h in result.hits}) == len(result.hits)  # each tile once
 
 
-def test_query_tiles_background_fallback_and_cap(engine: SearchEngine) -> None:
+def test_query_without_tissue_is_refused_and_a_crowded_one_spread(engine: SearchEngine) -> None:
     glass = Image.fromarray(np.full((TILE * 2, TILE * 3, 3), 245, dtype=np.uint8))
-    boxes, pixels = engine.query_tiles(glass)
-    assert len(boxes) == 1 and pixels[0].shape == (TILE, TILE, 3)  # all background: the best one
-    tissue = np.stack([colour_tile(COLOURS[0], s) for s in range(4)])
-    tissue[1, : TILE // 2] = 245  # half glass: tissue fraction 0.5, kept (threshold 0.5) but ranked last
+    with pytest.raises(InvalidInputError, match="holds no tissue: none of its 6 tiles"):
+        engine.query_tiles(glass)  # all background: no confident hits of nothing
+    tissue = np.stack([colour_tile(COLOURS[0], s) for s in range(5)])
+    tissue[1, : TILE // 2 + 4] = 245  # more than half glass: below the threshold (0.5), dropped
     strip = Image.fromarray(np.concatenate(list(tissue), axis=1))
-    assert len(engine.query_tiles(strip)[0]) == 4
+    assert [b.x for b in engine.query_tiles(strip)[0]] == [0, 2 * TILE, 3 * TILE, 4 * TILE]
     engine.max_query_tiles = 2
     boxes, _ = engine.query_tiles(strip)
-    assert boxes == [Box(0, 0, TILE, TILE), Box(2 * TILE, 0, TILE, TILE)]  # the two with most tissue
+    assert boxes == [Box(0, 0, TILE, TILE), Box(4 * TILE, 0, TILE, TILE)]  # first and last: spread
 
 
 def test_large_image_mpp_resamples_tiles(engine: SearchEngine) -> None:

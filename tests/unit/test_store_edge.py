@@ -302,6 +302,8 @@ def test_stats_count_points_vectors_datasets_and_labels(
         "vectors": {"a": {"dim": 8, "points": N}, "b": {"dim": 16, "points": N // 5}},
         "datasets": dict(sorted(Counter(p["dataset"] for p in payloads).items())),
         "labels": {ds: dict(sorted(c.items())) for ds, c in sorted(by_label.items())},
+        "layouts": {ds: {} for ds in sorted(by_label)},  # these points record no layout
+        "artifacts": {"a": {}, "b": {}},  # nor the artifacts that made them
     }
 
 

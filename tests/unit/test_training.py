@@ -59,7 +59,7 @@ def test_hardware_falls_back_to_cpu() -> None:
 def _small(bach: Path, home: Path, **options: Any) -> TrainConfig:
     """SimCLR on the 20-tile fixture at 32 px, in-process loading; ``options`` override."""
     defaults: dict[str, Any] = {"batch_size": 4, "input_size": 32, "num_workers": 0, "progress": False}
-    return TrainConfig(method="simclr", data=bach, dataset="bach", home=home, **(defaults | options))
+    return TrainConfig(method="simclr", data=bach, layout="bach", home=home, **(defaults | options))
 
 
 def test_train_writes_a_usable_artifact(bach: Path, tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def test_train_writes_a_usable_artifact(bach: Path, tmp_path: Path) -> None:
 
 def test_baselines_cannot_be_trained(bach: Path, tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="baseline"):
-        train(TrainConfig(method="colorhist", data=bach, dataset="bach", home=tmp_path))
+        train(TrainConfig(method="colorhist", data=bach, layout="bach", home=tmp_path))
 
 
 def test_default_run_length_is_a_sensible_number_of_steps() -> None:

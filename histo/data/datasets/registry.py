@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 from histo.data.datasets.bach import BachAdapter
@@ -10,7 +12,7 @@ from histo.data.datasets.bracs import BracsAdapter
 from histo.data.datasets.crc import CrcAdapter
 from histo.data.datasets.folder import FolderAdapter
 from histo.data.datasets.slides_csv import SlidesCsvAdapter
-from histo.errors import unknown_name
+from histo.errors import InvalidInputError, UnknownNameError, unknown_name
 
 _ADAPTERS: dict[str, DatasetAdapter] = {
     adapter.name: adapter
@@ -27,9 +29,42 @@ def adapter_for(name: str) -> DatasetAdapter:
     try:
         return _ADAPTERS[name]
     except KeyError:
-        raise unknown_name("dataset", name, dataset_names()) from None
+        near = unknown_name("layout", name, dataset_names())
+        raise UnknownNameError(
+            f"{near}; for a folder of class sub-folders use --layout folder, and name the data set "
+            f"with --name (e.g. --layout folder --name {name if _NAME.match(name) else 'mydata'})"
+        ) from None
 
 
-def scan_dataset(root: Path, name: str) -> ScanResult:
-    """Find every image of data set ``name`` under ``root``."""
-    return adapter_for(name).scan(Path(root))
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_dataset_name(name: object) -> str:
+    """A data set name as the index keeps it (a payload keyword, part of every point id)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidInputError(
+            f"data set name {name!r} is not allowed; use letters, digits, '_', '-' and '.' "
+            "(at most 64, starting with a letter or digit), e.g. --name my_lab_2024"
+        )
+    return name
+
+
+def default_dataset_name(layout: str, root: Path) -> str:
+    """The name a data set gets without ``--name``: BRACS, BACH, CRC and slides keep their layout's
+    name; a folder of class sub-folders is named after the folder itself (``./MyData`` -> mydata),
+    so that two such folders never merge into one data set unasked."""
+    if layout != "folder":
+        return layout
+    folder = Path(root).expanduser().absolute()
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", folder.name).strip("_.-").lower()
+    return stem if stem and _NAME.match(stem) else "folder"
+
+
+def scan_dataset(root: Path, layout: str, name: str | None = None) -> ScanResult:
+    """Every image under ``root`` read as ``layout`` (``dataset_names()``), as data set ``name``
+    (default: the layout's name); each record knows both."""
+    result = adapter_for(layout).scan(Path(root))
+    dataset = check_dataset_name(name) if name is not None else layout
+    result.dataset = dataset
+    result.records = [dataclasses.replace(r, dataset=dataset, layout=layout) for r in result.records]
+    return result

@@ -124,20 +124,40 @@ class Hit(_message.Message):
     def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., query_tile: _Optional[int] = ..., found_by: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "encoder", "took_ms", "query_boxes", "encoders", "fusion")
+    __slots__ = ("hits", "encoder", "took_ms", "query_boxes", "encoders", "fusion", "query_image")
     HITS_FIELD_NUMBER: _ClassVar[int]
     ENCODER_FIELD_NUMBER: _ClassVar[int]
     TOOK_MS_FIELD_NUMBER: _ClassVar[int]
     QUERY_BOXES_FIELD_NUMBER: _ClassVar[int]
     ENCODERS_FIELD_NUMBER: _ClassVar[int]
     FUSION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_IMAGE_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     encoder: str
     took_ms: float
     query_boxes: _containers.RepeatedCompositeFieldContainer[Box]
     encoders: _containers.RepeatedScalarFieldContainer[str]
     fusion: str
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., encoder: _Optional[str] = ..., took_ms: _Optional[float] = ..., query_boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., encoders: _Optional[_Iterable[str]] = ..., fusion: _Optional[str] = ...) -> None: ...
+    query_image: QueryImage
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., encoder: _Optional[str] = ..., took_ms: _Optional[float] = ..., query_boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., encoders: _Optional[_Iterable[str]] = ..., fusion: _Optional[str] = ..., query_image: _Optional[_Union[QueryImage, _Mapping]] = ...) -> None: ...
+
+class QueryImage(_message.Message):
+    __slots__ = ("width", "height", "grid_tiles", "tissue_tiles", "searched", "mpp", "mpp_source")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    GRID_TILES_FIELD_NUMBER: _ClassVar[int]
+    TISSUE_TILES_FIELD_NUMBER: _ClassVar[int]
+    SEARCHED_FIELD_NUMBER: _ClassVar[int]
+    MPP_FIELD_NUMBER: _ClassVar[int]
+    MPP_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    grid_tiles: int
+    tissue_tiles: int
+    searched: int
+    mpp: float
+    mpp_source: str
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., grid_tiles: _Optional[int] = ..., tissue_tiles: _Optional[int] = ..., searched: _Optional[int] = ..., mpp: _Optional[float] = ..., mpp_source: _Optional[str] = ...) -> None: ...
 
 class ListEncodersRequest(_message.Message):
     __slots__ = ()
@@ -301,16 +321,18 @@ class SlideHit(_message.Message):
     def __init__(self, slide_id: _Optional[str] = ..., score: _Optional[float] = ..., dataset: _Optional[str] = ..., label: _Optional[str] = ..., patient_id: _Optional[str] = ..., tiles: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
 
 class SearchSlidesResponse(_message.Message):
-    __slots__ = ("slides", "encoder", "took_ms", "query_boxes")
+    __slots__ = ("slides", "encoder", "took_ms", "query_boxes", "query_image")
     SLIDES_FIELD_NUMBER: _ClassVar[int]
     ENCODER_FIELD_NUMBER: _ClassVar[int]
     TOOK_MS_FIELD_NUMBER: _ClassVar[int]
     QUERY_BOXES_FIELD_NUMBER: _ClassVar[int]
+    QUERY_IMAGE_FIELD_NUMBER: _ClassVar[int]
     slides: _containers.RepeatedCompositeFieldContainer[SlideHit]
     encoder: str
     took_ms: float
     query_boxes: _containers.RepeatedCompositeFieldContainer[Box]
-    def __init__(self, slides: _Optional[_Iterable[_Union[SlideHit, _Mapping]]] = ..., encoder: _Optional[str] = ..., took_ms: _Optional[float] = ..., query_boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ...) -> None: ...
+    query_image: QueryImage
+    def __init__(self, slides: _Optional[_Iterable[_Union[SlideHit, _Mapping]]] = ..., encoder: _Optional[str] = ..., took_ms: _Optional[float] = ..., query_boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., query_image: _Optional[_Union[QueryImage, _Mapping]] = ...) -> None: ...
 
 class GetHeatmapRequest(_message.Message):
     __slots__ = ("image", "point_id", "slide_id", "encoder", "size", "best", "mpp")

@@ -338,7 +338,8 @@ function loadPreview(query) {
 }
 
 // Draw the query image (preview or tile) and its caption; boxes come with results.
-function renderQueryView(preview = null, nTiles = null) {
+// nTiles: the tile count of an image query; shown: the server's sentence on how it was searched.
+function renderQueryView(preview = null, nTiles = null, shown = null) {
   const view = $("#query-view");
   const q = state.query;
   if (!q) return view.replaceChildren();
@@ -355,7 +356,7 @@ function renderQueryView(preview = null, nTiles = null) {
     frame.append(img);
     const dims = preview.width ? ` — ${preview.width}×${preview.height}` : "";
     const tiles = nTiles === null ? "" : `, searched as ${nTiles} tile${nTiles === 1 ? "" : "s"}`;
-    caption.textContent = q.file.name + dims + tiles;
+    caption.textContent = q.file.name + (shown ? ": " + shown : dims + tiles);
   } else {
     caption.textContent = q.file.name + " — loading preview…";
   }
@@ -484,7 +485,7 @@ function showQueryResult(query, res, preview) {
     if (self) Object.assign(query, { label: self.payload?.label, dataset: self.payload?.dataset });
   }
   state.boxes = state.mainBoxes = res.query_boxes || [];
-  renderQueryView(preview, query.kind === "file" ? state.boxes.length : null);
+  renderQueryView(preview, query.kind === "file" ? state.boxes.length : null, res.query_image?.summary);
 }
 
 // Compare view: the same query once per encoder, rows filled as answers arrive.
