@@ -161,7 +161,7 @@ def run_here(
     failures_file = settings.logs_dir / f"ingest-{dataset}-failures.tsv"
     with open_index(settings) as store:
         say = err_console.print if as_json else console.print
-        for line in joining_notes(store, dataset, layout, scan.root):
+        for line in joining_notes(store, dataset, layout, scan.root, [r.rel_path for r in scan.records]):
             say(f"[yellow]note:[/yellow] {line}", highlight=False, soft_wrap=True)
         if no_reembed:
             refuse_stale(store, {n: e.digest for n, e in embedders.items()}, dataset)
@@ -219,15 +219,35 @@ def say_summary(summary: IngestSummary, names: list[str], failures_file: Path) -
         console.print(f"failures written to {failures_file}")
 
 
-def joining_notes(store: VectorStore, dataset: str, layout: str, root: Path) -> list[str]:
+def joining_notes(
+    store: VectorStore, dataset: str, layout: str, root: Path, rel_paths: list[str]
+) -> list[str]:
     """What to know before adding files to ``dataset``: it already holds files of other folders,
-    or read as another layout (tiles then share one name and mix in filters and evaluation)."""
+    or was read as another layout (tiles then share one name in filters and evaluation). A file
+    whose relative path is already indexed from another folder that still exists is refused: both
+    would map to the same point ids and replace each other's tiles (a folder that is gone from
+    disk has moved, and its tiles are this folder's)."""
     from histo.store import SearchFilter
 
     if dataset not in store.count_values("dataset"):
         return []
     notes = []
     roots = {r: n for r, n in store.count_values("root", SearchFilter(dataset)).items() if r != str(root)}
+    present = {r for r in roots if Path(r).is_dir()}
+    if present:
+        wanted = set(rel_paths)
+        taken = {
+            (str(rec.payload.get("root")), str(rec.payload.get("path")))
+            for rec in store.scroll(SearchFilter(dataset))
+            if rec.payload.get("root") in present and rec.payload.get("path") in wanted
+        }
+        if taken:
+            other, example = sorted(taken)[0]
+            raise InvalidInputError(
+                f"{len({p for _, p in taken})} files of {root} have the same paths as files of {other} in "
+                f"data set {dataset} (e.g. {example}): their tiles would replace each other; give this "
+                "folder its own --name"
+            )
     if roots:
         shown = ", ".join(f"{r} ({n} tiles)" for r, n in roots.items())
         notes.append(

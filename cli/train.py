@@ -133,10 +133,10 @@ def train(
     try:
         artifact = run_training(config)
     except KeyboardInterrupt:
-        again = "--resume" if (settings.home / "checkpoints" / target.name / "last.ckpt").exists() else ""
+        checkpoint = (settings.home / "checkpoints" / target.name / "last.ckpt").exists()
         err_console.print(
-            f"interrupted; {target} was left as it was. Continue: the same command"
-            + (f" with {again} (from the last checkpoint)" if again else ""),
+            f"interrupted; {target} was left as it was; rerun the same command to train again"
+            + (", with --resume to continue from its last checkpoint" if checkpoint else ""),
             highlight=False,
             soft_wrap=True,
         )

@@ -1,9 +1,11 @@
 """Backups of the index: ``histocli index snapshot`` and ``histocli index restore``.
 
 A snapshot is one file (format: ``histo.store.archive``) whose manifest records histo's version,
-the encoders under ``HISTO_HOME/encoders`` with a SHA-256 digest of each artifact's files, and the
-collection's inventory: points, per encoder, per data set and per (data set, encoder), and the
-folders the data sets were ingested from. Taking one is the store's job (``VectorStore.snapshot``):
+the encoders under ``HISTO_HOME/encoders`` with each artifact's digest (``artifact_digest``), and
+the collection's inventory: points, per encoder, per data set and per (data set, encoder), the
+folders the data sets were ingested from, and per encoder how many vectors each artifact made
+(the points carry that record; ``histo.provenance``). Taking one is the store's job
+(``VectorStore.snapshot``):
 the embedded index is flushed and archived under its mutex by the process that owns it, which,
 while ``histocli serve`` runs, is the service, asked over gRPC (``CreateSnapshot``).
 
@@ -15,7 +17,6 @@ compares it with the manifest and swaps it in (``VectorStore.restore``).
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from histo import __version__
-from histo.encoders.artifact import list_artifacts
+from histo.encoders.artifact import artifact_digest, list_artifacts
 from histo.store.archive import SnapshotError, verify
 from histo.store.base import VectorStore
 
@@ -52,18 +53,6 @@ class Restored:
     manifest: dict[str, Any]
     seconds: float
     warnings: list[str] = field(default_factory=list)
-
-
-def artifact_digest(folder: Path) -> str:
-    """SHA-256 over an encoder artifact's files (relative names and contents): the same digest
-    means the same weights and preprocessing, hence vectors from the same model."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".tmp")):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        with open(path, "rb") as file:
-            while chunk := file.read(1 << 20):
-                digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
 
 
 def encoders_of(encoders_dir: Path) -> dict[str, dict[str, Any]]:
@@ -137,12 +126,20 @@ def _compare_encoders(path: Path, manifest: dict[str, Any], encoders_dir: Path) 
                 f"{meta.embedding_dim}-d ones; restore into a HISTO_HOME with the encoders the snapshot "
                 "was made with (manifest: encoders), or re-ingest"
             )
-        digest = (recorded.get(name) or {}).get("digest")
-        if digest and digest != artifact_digest(folder):
+        here_digest = artifact_digest(folder)
+        made_by = (manifest.get("artifacts") or {}).get(name) or {}
+        other = sum(count for digest, count in made_by.items() if digest != here_digest)
+        if other:
             warnings.append(
-                f"encoder {name!r} here is not the artifact the snapshot's vectors were made with "
-                f"({digest[:19]}…): image queries would embed with another model; put that artifact back "
-                "or re-ingest"
+                f"{other} of the snapshot's {name!r} vectors were made by another artifact than the "
+                f"{name} here ({folder}, digest {here_digest}): searches with {name} are refused until you "
+                "put that artifact back (its digest is in the manifest) or re-ingest them"
+            )
+        elif not made_by and (recorded.get(name) or {}).get("digest") not in (None, here_digest):
+            warnings.append(
+                f"encoder {name!r} here is not the artifact the snapshot was taken beside (digest "
+                f"{(recorded.get(name) or {}).get('digest')}): its vectors may be another model's; "
+                "put that artifact back or re-ingest"
             )
     return warnings
 
@@ -183,7 +180,6 @@ __all__ = [
     "Snapshot",
     "SnapshotError",
     "SnapshotTaker",
-    "artifact_digest",
     "check_snapshot",
     "create_snapshot",
     "encoders_of",

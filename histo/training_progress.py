@@ -45,6 +45,13 @@ class StepProgress(Callback):
         self.bar.set_postfix(figures, refresh=False)
 
     def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._close()
+
+    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
+        """Ctrl-C or a failure: the bar ends now, so that the line saying why comes after it."""
+        self._close()
+
+    def _close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -33,6 +33,7 @@ from histo.errors import (
     ImageDecodeError,
     ImageTooLargeError,
     InvalidInputError,
+    NoMatchError,
     NotFoundError,
     StoreUnavailableError,
     UnknownNameError,
@@ -42,6 +43,7 @@ from histo.search import Feedback, SearchEngine, SearchResult
 from histo.settings import GrpcSettings
 from histo.store import EdgeStore, SearchFilter
 from services.search.server import SearchServer, create_server
+from tests.helpers import tissue_array
 from tests.search_home import TILE, png
 
 pytestmark = pytest.mark.integration
@@ -141,7 +143,6 @@ def queries(homes: tuple[Path, Path], records: list[Any]) -> list[dict[str, Any]
         {"point_id": bracs.id, "filter": SearchFilter(exclude_slide_ids=(bracs.payload["slide_id"],))},
         {"point_id": bracs.id, "filter": SearchFilter(exclude_patient_ids=(bracs.payload["patient_id"],))},
         {"image": bach_image(homes), "filter": SearchFilter(dataset="bach", labels=("Normal",))},
-        {"point_id": bach.id, "filter": SearchFilter(dataset="nowhere")},
         # beyond one vector: fusion, feedback, diversity
         {"image": bach_image(homes), "encoders": ["colorhist", "random"]},
         {"point_id": bach.id, "encoders": ["random", "colorhist"], "fusion": "dbsf", "per_image": 1},
@@ -164,6 +165,7 @@ def test_grpc_hits_equal_in_process_hits(
         assert remote.hits == local.hits, sorted(query)
         assert (remote.encoder, remote.query_boxes) == (local.encoder, local.query_boxes)
         assert (remote.encoders, remote.fusion) == (local.encoders, local.fusion)
+        assert remote.query_image == local.query_image
         assert all(h.found_by for h in remote.hits)
         assert remote.took_ms > 0
 
@@ -192,9 +194,10 @@ def test_every_filter_holds_over_grpc(client: SearchClient, records: list[Any]) 
         expected = [r for r in records if flt.dataset in (None, r.payload["dataset"]) and keep(r.payload)]
         assert len(result.hits) == len(expected) > 0, flt
         assert all(keep(h.payload) for h in result.hits), flt
-    assert (
-        client.search(vector=vector, filter=SearchFilter(dataset="nowhere"), encoder="colorhist").hits == []
-    )
+    with pytest.raises(NoMatchError) as nowhere:  # an empty answer says why, as in-process
+        client.search(vector=vector, filter=SearchFilter(dataset="nowhere"), encoder="colorhist")
+    assert nowhere.value.grpc_code == "NOT_FOUND"  # type: ignore[attr-defined]
+    assert "no data set 'nowhere' in the index; it holds: bach (24), bracs (21)" in str(nowhere.value)
 
 
 def test_image_query_tiles_and_grouping_over_grpc(client: SearchClient, homes: tuple[Path, Path]) -> None:
@@ -323,7 +326,7 @@ def test_size_limits_are_resource_exhausted(store: EdgeStore, engine: SearchEngi
             with pytest.raises(ImageTooLargeError, match="HISTO_IMAGES__MAX_PIXELS") as too_big:
                 c.search(image=big)
             assert too_big.value.grpc_code == "RESOURCE_EXHAUSTED"  # type: ignore[attr-defined]
-            assert c.search(image=png(np.full((60, 60, 3), 128, dtype=np.uint8)), top_k=1).hits
+            assert c.search(image=png(tissue_array(60, 60)), top_k=1).hits
     finally:
         server.stop(None).wait()
 
@@ -523,8 +526,8 @@ def test_histocli_serve_end_to_end(
 
         owned = cli("--id", point)
         assert owned.returncode == 1 and owned.stderr.count("\n") == 1, owned.stderr
-        assert f"owned by a running search server (pid {process.pid})" in owned.stderr
-        assert "--server" in owned.stderr
+        assert f"in use by pid {process.pid}" in owned.stderr
+        assert f"go through it with --server {address}" in owned.stderr  # the exact address
         remote = cli("--id", point, "--server", address, "--json", "--exact")
         assert remote.returncode == 0, remote.stderr
         assert remote.stdout.count('"id"') == 10 and served.hits[0].id in remote.stdout

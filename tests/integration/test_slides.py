@@ -10,12 +10,12 @@ fast on CPU) and the colour histogram (the leak detector: it must not find the c
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -38,6 +38,7 @@ from histo.settings import GrpcSettings, get_settings
 from histo.slide_search import build_mosaics, slide_ids_of
 from histo.store import EdgeStore, SearchFilter, open_store
 from services.search.server import create_server
+from tests.helpers import tissue_array
 from tests.search_home import png
 
 pytestmark = pytest.mark.integration
@@ -139,10 +140,12 @@ def test_a_region_query_ranks_its_slide_and_the_heatmap_finds_the_region(
 
 
 def test_slide_search_errors(engine: SearchEngine) -> None:
-    with pytest.raises(NotFoundError, match="no mosaic"):
+    with pytest.raises(NotFoundError, match="no slide 'nope' in the index; its slides: bach_wsi_000, "):
         engine.search_slides(slide_id="nope")
-    with pytest.raises(NotFoundError, match="no tiles"):
-        engine.heatmap(image=png(np.full((64, 64, 3), 150, np.uint8)), slide_id="nope")
+    with pytest.raises(
+        NotFoundError, match=re.escape("no slide 'BACH_WSI_003' in the index (did you mean 'bach_wsi_003'?)")
+    ):
+        engine.heatmap(image=png(tissue_array(224, 224)), slide_id="BACH_WSI_003")
     with pytest.raises(ValueError, match="exactly one"):
         engine.search_slides()
 
@@ -235,6 +238,6 @@ def test_the_cli(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_pat
         assert evaluated.exit_code == 0 and "leave-one-slide-out" in evaluated.output, evaluated.output
         assert (world["copy"] / "reports" / "slides-slides" / "metrics.json").is_file()
         missing = runner.invoke(app, ["search", "--slides", "--slide-id", "nope"])
-        assert missing.exit_code == 1 and "no mosaic" in missing.output
+        assert missing.exit_code == 1 and "no slide 'nope' in the index; its slides:" in missing.output
     finally:
         get_settings.cache_clear()

@@ -65,6 +65,11 @@ def test_the_walkthrough_runs_as_written(tmp_path: Path) -> None:
         said = done.stdout + done.stderr
         if refused is None:
             assert done.returncode == 0, f"{command}\n{said}"
+            if args[1] == "train":  # how long and why, and what to run next
+                assert (
+                    "optimiser steps (--steps as given" in done.stdout
+                    and "next: histocli ingest" in done.stdout
+                )
         else:
             assert done.returncode == 1, f"{command} was not refused\n{said}"
             assert refused in said and "Traceback" not in said, f"{command}\n{said}"

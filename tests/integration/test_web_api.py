@@ -297,7 +297,13 @@ def test_api_search_equals_histocli_search_json(
 
 def test_the_http_table_follows_the_grpc_table() -> None:
     http_of = dict(HTTP_TABLE)
-    expected = {"RESOURCE_EXHAUSTED": 413, "INVALID_ARGUMENT": 422, "NOT_FOUND": 404, "UNAVAILABLE": 503}
+    expected = {
+        "RESOURCE_EXHAUSTED": 413,
+        "INVALID_ARGUMENT": 422,
+        "NOT_FOUND": 404,
+        "FAILED_PRECONDITION": 409,
+        "UNAVAILABLE": 503,
+    }
     for cls, code in GRPC_TABLE:
         if cls in http_of:
             assert http_of[cls] == expected[code.name], cls

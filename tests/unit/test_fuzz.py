@@ -371,7 +371,7 @@ def test_query_resolution_is_used_or_refused(engine: SearchEngine, mpp: float) -
     request = search_pb2.SearchRequest(image=UPLOAD, mpp=mpp, top_k=2)
     sent = request.mpp  # as the wire carries it; 0 means "not given"
     extent = min(TILE * target / sent, 2.0**40) if sent > 0 and math.isfinite(sent) else TILE  # source px
-    if sent == 0 or (0 < sent / target <= 16 and 64 * 64 >= 0.5 * float(round(extent)) ** 2):
+    if sent == 0 or (0 < sent / target <= 16 and 0.5 * float(round(extent)) ** 2 <= 64 * 64):
         response = call_search(engine_at, request)
         assert len(response.hits) == 2 and 1 <= len(response.query_boxes) <= 4
         return

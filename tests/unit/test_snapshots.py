@@ -21,9 +21,10 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from histo import __version__
+from histo.encoders.artifact import artifact_digest
 from histo.encoders.baselines import make_baseline_artifact
 from histo.settings import get_settings
-from histo.snapshots import artifact_digest, create_snapshot, restore_snapshot
+from histo.snapshots import create_snapshot, restore_snapshot
 from histo.store import EdgeStore, Point, ServerStore
 from histo.store.archive import MANIFEST_NAME, SnapshotWriter, verify
 from tests.index_home import DIMS, build_home, hits, points_of
@@ -237,7 +238,7 @@ def test_an_encoder_that_changed_since_the_snapshot_is_a_warning(home: Path, tmp
     make_baseline_artifact("colorhist", home / "encoders" / "colorhist", input_size=96)  # made anew
     with EdgeStore(home / "index") as store:
         restored = restore_snapshot(store, tmp_path / "s.snapshot", home / "encoders")
-    assert any("not the artifact the snapshot's vectors were made with" in w for w in restored.warnings)
+    assert any("not the artifact the snapshot was taken beside" in w for w in restored.warnings)
 
 
 def test_a_snapshot_is_never_written_over(home: Path, tmp_path: Path) -> None:
