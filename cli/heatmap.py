@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, domain_errors, settings_of
+from cli.common import console, domain_errors, positive, settings_of
 from histo.errors import InvalidInputError
 
 
@@ -17,13 +17,17 @@ def heatmap(
     slide: str = typer.Option(..., "--slide", help="The indexed slide (its slide_id) to draw."),
     point_id: str | None = typer.Option(None, "--id", help="Query with an indexed tile instead of a file."),
     encoder: str | None = typer.Option(
-        None, "--encoder", "-e", help="Encoder (default: the best available)."
+        None,
+        "--encoder",
+        "-e",
+        help="Encoder (default: as histocli search chooses it: the first trained encoder, then imagenet, "
+        "random, colorhist).",
     ),
     out: Path = typer.Option(Path("heatmap.png"), "--out", "-o", help="PNG to write."),
     size: int = typer.Option(1024, "--size", min=16, max=2048, help="Thumbnail's longer side in pixels."),
     best: int = typer.Option(3, "--best", min=1, max=20, help="Most similar tiles to outline."),
     mpp: float | None = typer.Option(
-        None, "--mpp", help="The query's µm/px, if its file does not record it."
+        None, "--mpp", callback=positive, help="The query's µm/px (above 0), if its file does not record it."
     ),
     server: str | None = typer.Option(None, "--server", help="HOST:PORT of a running histocli serve."),
     tls_ca: Path | None = typer.Option(None, "--tls-ca", help="CA certificate (PEM) for a TLS server."),

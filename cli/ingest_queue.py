@@ -106,8 +106,8 @@ def finish(settings: Settings, tracker: JobTracker, as_json: bool) -> None:
 
 def refresh_mosaics(settings: Settings, dataset: str, encoders: list[str]) -> dict[str, int]:
     """Choose the mosaics of every whole-slide image of ``dataset`` (workers index tiles only)."""
+    from histo.encoder_choice import default_encoder
     from histo.encoders.artifact import list_artifacts
-    from histo.search import default_encoder
     from histo.slide_search import build_mosaics, slide_ids_of
 
     metas = {

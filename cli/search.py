@@ -230,9 +230,10 @@ def in_process_engine(
 ) -> SearchEngine:
     """An engine with just the encoders a query needs: those it names, else the one the engine
     would choose by default for its filter (loading every encoder would take seconds)."""
+    from histo.encoder_choice import first_with_vectors, preference_order
     from histo.encoders.artifact import artifact_digest
     from histo.provenance import provenance
-    from histo.search import first_with_vectors, preference_order, searchable_artifacts
+    from histo.search import searchable_artifacts
 
     names = [str(n) for n in list(kwargs.get("encoders") or ()) or [kwargs.get("encoder")] if n]  # type: ignore[call-overload]
     if not names:

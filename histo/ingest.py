@@ -205,7 +205,7 @@ class Ingestor:
     @property
     def mosaic_encoder(self) -> str:
         """The encoder whose vectors choose slide mosaics: the one searches default to."""
-        from histo.search import default_encoder
+        from histo.encoder_choice import default_encoder
 
         name = default_encoder({n: e.meta for n, e in self.embedders.items()})
         if name is None:

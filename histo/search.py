@@ -30,12 +30,10 @@ Rules it implements (the proto comments in ``proto/histo/rpc/v1/search.proto`` s
   split the index does not hold is ``NoMatchError`` naming it (with what there is and a near miss,
   ``histo.query_checks``), and so is a search that finds nothing because the encoder has no
   vectors there or every tile was excluded.
-* **The default encoder** (a query that names none) is the first, in the order of
-  ``preference_order``, of the encoders that have vectors for the tiles the query's filter keeps.
-* **Vectors of another artifact**: an encoder whose vectors in the index another artifact of the
-  same name made (it was retrained or replaced after ingestion) is not searched
-  (``StaleVectorsError``, re-checked every ``checks_ttl_s``), unless ``stale="warn"``
-  (``histo.provenance``).
+* **Which encoders** (``histo.encoder_choice``): one whose vectors in the index another artifact
+  of its name made (retrained after ingestion) is not searched (``StaleVectorsError``), unless
+  ``stale="warn"``; a query that names none gets the first, in order of preference, of those with
+  vectors for the tiles its filter keeps.
 * **Grouping** (``per_image``): each image keeps its best ``per_image`` hits, then the top k are
   cut. Candidates are fetched in widening rounds (x4), excluding images already full through the
   store filter, until the k-th kept score is at least every unfetched candidate's possible score
@@ -54,7 +52,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,10 +66,10 @@ from histo.data.records import Box
 from histo.data.tile_source import TileImage, TileSource, TileView, check_size
 from histo.data.tiling import TilingConfig, check_tileable
 from histo.embed_batcher import Batching, EmbedBatcher
-from histo.errors import InvalidInputError, NotFoundError, StaleVectorsError, UnknownNameError, unknown_name
+from histo.encoder_choice import EncoderChoice, unknown_encoder
+from histo.errors import InvalidInputError, NotFoundError, unknown_name
 from histo.heatmap import DEFAULT_BEST, DEFAULT_SIZE, Heatmap, render_heatmap, tile_similarities
-from histo.provenance import STALE_POLICIES, stale_reasons
-from histo.query_checks import DEFAULT_TTL_S, Vocabulary, coverage, explain_empty, kept_only
+from histo.query_checks import DEFAULT_TTL_S, Vocabulary, explain_empty, kept_only
 from histo.query_image import QueryImage, query_tiles, resolve_mpp
 from histo.slide_search import DEFAULT_TILES_PER_SLIDE, SlideSearchResult, rank_slides, slide_mosaic
 from histo.store.base import (
@@ -101,8 +98,6 @@ MAX_TILES_PER_SLIDE = 20
 MAX_EXAMPLES = 64
 #: The most candidates fetched per query tile when grouping needs to look deeper.
 MAX_CANDIDATES = 10_000
-#: Baselines in the order they are preferred as the default encoder (after any trained SSL encoder).
-_BASELINE_PREFERENCE = ("imagenet", "random", "colorhist")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -285,38 +280,6 @@ def searchable_artifacts(store: VectorStore, encoders_dir: Path) -> dict[str, tu
     return found
 
 
-def preference_order(metas: Mapping[str, ArtifactMeta]) -> list[str]:
-    """The order in which encoders are tried as the default: trained SSL encoders first (in
-    alphabetical order: which is best depends on the data, and ``histocli evaluate`` tells), then
-    the baselines ImageNet, random init and the colour histogram."""
-
-    def rank(name: str) -> tuple[int, int, str]:
-        meta = metas[name]
-        if meta.kind != "baseline":
-            return (0, 0, name)
-        order = _BASELINE_PREFERENCE.index(meta.method) if meta.method in _BASELINE_PREFERENCE else 99
-        return (1, order, name)
-
-    return sorted(metas, key=rank)
-
-
-def first_with_vectors(store: VectorStore, order: Sequence[str], flt: SearchFilter | None) -> str | None:
-    """The first of ``order`` with vectors for the tiles ``flt`` keeps (its data set, labels and
-    split); the first of all when the filter keeps every tile, or when none has any there."""
-    if not order:
-        return None
-    kept = kept_only(flt) if flt is not None else SearchFilter()
-    if kept.is_empty:
-        return order[0]
-    return next((name for name in order if coverage(store, kept, [name])[name] > 0), order[0])
-
-
-def default_encoder(metas: Mapping[str, ArtifactMeta]) -> str | None:
-    """The first of ``preference_order``, or None without encoders."""
-    order = preference_order(metas)
-    return order[0] if order else None
-
-
 # ------------------------------------------------------------------------------------------------
 # The engine
 # ------------------------------------------------------------------------------------------------
@@ -347,8 +310,6 @@ class SearchEngine:
     ) -> None:
         if max_query_tiles < 1:
             raise InvalidInputError(f"max_query_tiles must be at least 1, got {max_query_tiles}")
-        if stale not in STALE_POLICIES:
-            raise unknown_name("policy for vectors of another artifact", stale, list(STALE_POLICIES))
         self.store = store
         self.tiling = tiling or TilingConfig()
         self.max_pixels = max_pixels
@@ -370,16 +331,15 @@ class SearchEngine:
                 self._embedders[name] = embedder
         for name, why in self.skipped.items():
             log.warning("encoder %s is not searchable: %s", name, why)
-        self.stale_policy, self.checks_ttl_s = stale, checks_ttl_s
         self._vocabulary = Vocabulary(store, checks_ttl_s)
-        self._stale: dict[str, str] = {}
-        self._reported: dict[str, str] = {}
-        self._stale_checked = -math.inf
-        self._coverage: dict[tuple[Any, ...], tuple[float, str]] = {}
-        self._fixed_default = default
-        self._check_provenance(force=True)
-        if default is not None and default not in self._embedders:
-            raise self._unknown(default)
+        self._choice = EncoderChoice(
+            store,
+            {name: e.meta for name, e in self._embedders.items()},
+            {name: e.digest for name, e in self._embedders.items()},
+            policy=stale,
+            ttl_s=checks_ttl_s,
+            default=default,
+        )
         if warm_up:
             self.warm_up()
 
@@ -403,7 +363,7 @@ class SearchEngine:
             chosen = list(dict.fromkeys(names))
             for name in chosen:
                 if name not in available:
-                    raise cls._unknown_of(name, list(available), store)
+                    raise unknown_encoder(name, list(available), store)
         embedders = {name: Embedder.from_artifact(available[name][0], device=device) for name in chosen}
         return cls(store, embedders, **kwargs)
 
@@ -428,36 +388,17 @@ class SearchEngine:
     @property
     def encoders(self) -> list[str]:
         """Names of the searchable encoders (loaded, and not refused for vectors of another artifact)."""
-        return sorted(n for n in self._embedders if n not in self._stale)
+        return self._choice.searchable
 
     @property
     def default(self) -> str | None:
         """The encoder a query without a filter uses when it names none."""
-        if self._fixed_default is not None and self._fixed_default not in self._stale:
-            return self._fixed_default
-        return default_encoder({n: self._embedders[n].meta for n in self.encoders})
+        return self._choice.default
 
     @property
     def stale(self) -> dict[str, str]:
         """Encoder -> why it is not searched: the index holds vectors another artifact made."""
-        return dict(self._stale)
-
-    def _check_provenance(self, force: bool = False) -> None:
-        """Which loaded encoders' vectors another artifact made, asked again every ``checks_ttl_s``
-        (a Qdrant server may be written by workers while this engine serves)."""
-        now = time.monotonic()
-        if not force and now - self._stale_checked < self.checks_ttl_s:
-            return
-        digests = {name: e.digest for name, e in self._embedders.items()}
-        where = {name: "the one loaded now" for name in digests}
-        reasons = stale_reasons(self.store, digests, where)
-        level = logging.WARNING if self.stale_policy == "warn" else logging.INFO  # refusals say it
-        for name, why in reasons.items():
-            if self._reported.get(name) != why:
-                log.log(level, "encoder %s: %s", name, why)
-        self._reported = reasons
-        self._stale = reasons if self.stale_policy == "refuse" else {}
-        self._stale_checked = now
+        return dict(self._choice.stale)
 
     def embedder(self, name: str | None = None) -> TileEmbedder:
         return self._embedders[self._encoder(name)]
@@ -685,42 +626,7 @@ class SearchEngine:
         )
 
     def _encoder(self, name: str | None, flt: SearchFilter | None = None) -> str:
-        """``name`` if it may search, else why not; without a name, the default for ``flt``."""
-        self._check_provenance()
-        if name is None or name == "":
-            return self._default_for(flt)
-        if name in self._stale:
-            raise StaleVectorsError(
-                f"not searching with {name}: {self._stale[name]} (or search anyway, knowingly: --allow-stale)"
-            )
-        if name not in self._embedders:
-            raise self._unknown(name)
-        return name
-
-    def _default_for(self, flt: SearchFilter | None) -> str:
-        """The first encoder, in order of preference, with vectors for the tiles ``flt`` keeps
-        (the plain default when the filter keeps every tile or none has any)."""
-        fallback = self.default
-        if fallback is None:
-            why = "; ".join(f"{n}: {r}" for n, r in self._stale.items())
-            raise InvalidInputError(
-                f"no encoder is searchable: {why}"
-                if why
-                else f"no encoder is searchable: none of the loaded artifacts is a named vector of the "
-                f"index {self.store.description}; ingest with an encoder first (histocli ingest)"
-            )
-        kept = kept_only(flt) if flt is not None else SearchFilter()
-        if kept.is_empty:
-            return fallback
-        now = time.monotonic()
-        cached = self._coverage.get(kept.must)
-        if cached is not None and now - cached[0] < self.checks_ttl_s and cached[1] in self.encoders:
-            return cached[1]
-        order = preference_order({n: self._embedders[n].meta for n in self.encoders})
-        order.remove(fallback)  # the default first: an explicit one may not be first by preference
-        chosen = first_with_vectors(self.store, [fallback, *order], kept) or fallback
-        self._coverage[kept.must] = (now, chosen)
-        return chosen
+        return self._choice.resolve(name, flt)
 
     def _encoders(
         self, encoder: str | None, encoders: Sequence[str] | None, flt: SearchFilter | None = None
@@ -739,18 +645,6 @@ class SearchEngine:
         """``NoMatchError`` for a data set, label or split the index does not hold."""
         if not kept_only(flt).is_empty:
             self._vocabulary.check(flt)
-
-    def _unknown(self, name: str) -> InvalidInputError:
-        return self._unknown_of(name, self.encoders, self.store)
-
-    @staticmethod
-    def _unknown_of(name: str, known: list[str], store: VectorStore) -> InvalidInputError:
-        if not known:
-            return UnknownNameError(
-                f"unknown encoder {name!r}: no encoder is searchable in the index {store.description}; "
-                "ingest with an encoder first (histocli ingest)"
-            )
-        return unknown_name("encoder", name, known)
 
     def _stored_vector(self, name: str, point_id: str) -> tuple[str, list[float], str | None]:
         pid, vectors, own = self._stored_vectors([name], point_id)
@@ -977,8 +871,5 @@ __all__ = [
     "check_feedback",
     "check_per_image",
     "check_top_k",
-    "default_encoder",
-    "first_with_vectors",
-    "preference_order",
     "searchable_artifacts",
 ]

@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(backend, SearchEngine):
                 backend.store.announce(web=web.url)
             print(f"searching {describe(backend, options.server)}", flush=True)
+            for name, why in getattr(backend, "stale", {}).items():
+                print(f"warning: not offering {name}: {why}", file=sys.stderr, flush=True)
             print(f"open {web.url} in a browser{' (token required)' if token else ''}", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 web.run()

@@ -31,6 +31,7 @@ from histo.data.images import load_rgb
 from histo.data.records import Box, ImageRecord
 from histo.data.synth import write_synthetic
 from histo.data.tiling import TilingConfig, boxes_for
+from histo.encoders.baselines import make_baseline_artifact
 from histo.errors import NotFoundError, StoreLockedError
 from histo.jobs import (
     BatchResult,
@@ -549,3 +550,17 @@ def test_queue_ingest_of_whole_slide_images(tmp_path: Path, redis_url: str, cli_
         )  # small slides: all
     in_process = _invoke_json("ingest", str(root), "-d", "slides", "-e", "colorhist")
     assert (in_process["embedded"], in_process["skipped"], in_process["slides"]) == (0, len(queued), 4)
+
+
+def test_a_worker_with_another_artifact_fails_the_batch_and_writes_nothing(
+    tmp_path: Path, redis_url: str, task_env: Any
+) -> None:
+    """The job carries the digests of the artifacts it was queued with; a worker whose colorhist
+    is another model records the batch as failed, naming both digests, and writes no point."""
+    tracker, _, args = _one_batch_job(tmp_path, redis_url)
+    make_baseline_artifact("colorhist", tmp_path / "home" / "encoders" / "colorhist", input_size=96)
+    outcome = task_env.embed_batch.apply(args=args, kwargs={"digests": {"colorhist": "0123456789abcdef"}})
+    assert outcome.result["outcome"] == "failed"
+    reason = tracker.snapshot().failures[0].reason
+    assert "is not the one the job was queued with (digest 0123456789abcdef)" in reason
+    assert not (tmp_path / "home" / "index").exists()  # nothing written

@@ -17,6 +17,7 @@ from PIL import Image
 from histo.data.records import Box
 from histo.data.tiling import TilingConfig
 from histo.embedding import Embedder
+from histo.encoder_choice import default_encoder
 from histo.encoders.artifact import list_artifacts
 from histo.encoders.baselines import make_baseline_artifact
 from histo.errors import (
@@ -26,7 +27,7 @@ from histo.errors import (
     NotFoundError,
     UnknownNameError,
 )
-from histo.search import SearchEngine, default_encoder, searchable_artifacts
+from histo.search import SearchEngine, searchable_artifacts
 from histo.store import EdgeStore, Point, SearchFilter, VectorStore
 
 TILE = 32
