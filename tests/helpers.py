@@ -11,6 +11,8 @@ from histo.embedding import Embedder
 from histo.encoders.baselines import make_baseline_artifact
 
 PINK = (200, 120, 170)
+#: ``histocli ingest`` options of a folder of class sub-folders kept under the data set name "folder".
+AS_FOLDER = ("--layout", "folder", "--name", "folder")
 
 
 def tissue_array(width: int, height: int, seed: int = 0) -> np.ndarray:

@@ -199,7 +199,7 @@ def _way_out(serves: object) -> str:
     if isinstance(web, str) and web:
         return (
             f"it is the search page at {web}: search there, or stop it (to share the index between "
-            "the page and the command line, run histocli serve and give both --server HOST:PORT)"
+            "the page and the command line, run histocli serve, then give each of them --server HOST:PORT)"
         )
     return _WAY_OUT
 

@@ -38,6 +38,7 @@ from tests.bad_inputs import (
     matrix,
     write_matrix,
 )
+from tests.helpers import AS_FOLDER
 
 ENCODERS = ("colorhist", "random")
 runner = CliRunner()
@@ -63,10 +64,7 @@ def cli_ingest(root: Path, *extra: str) -> tuple[int, str]:
     args = [
         "ingest",
         str(root),
-        "--layout",
-        "folder",
-        "--name",
-        "folder",
+        *AS_FOLDER,
         "-e",
         ",".join(ENCODERS),
         "--min-tissue",

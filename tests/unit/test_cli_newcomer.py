@@ -5,6 +5,7 @@ bar, and one line for every mistake."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -255,3 +256,40 @@ def test_ctrl_c_is_one_line_and_exit_130(
     result = runner.invoke(app, ["ingest", str(folders[0]), "--layout", "folder", "-e", "colorhist"])
     assert result.exit_code == 130
     assert result.output.strip().splitlines()[-1] == "interrupted; rerun the same command to resume"
+
+
+def hints() -> list[tuple[str, str]]:
+    """Every ``histocli ...`` command named in a message or help text of the code: (file, text)."""
+    root = Path(__file__).resolve().parents[2]
+    found = []
+    for folder in ("histo", "cli", "services", "workers"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if "rpc" in path.parts:
+                continue
+            for match in re.finditer(
+                r"histocli ((?:[a-z]+)(?: [^\"'`)\n;,]*)?)", path.read_text(encoding="utf-8")
+            ):
+                found.append((path.name, match.group(1)))
+    return found
+
+
+def test_every_hint_names_a_command_and_options_that_exist() -> None:
+    """A hint that says ``histocli ingest DIR --layout L -e X`` must name a real command, with
+    options it has (a renamed option would leave the user at a dead end)."""
+    root = typer.main.get_command(app)
+    checked = 0
+    for where, text in hints():
+        words = text.split()
+        if words[0] not in getattr(root, "commands", {}):
+            continue  # prose about histocli, not a command to run
+        command: click.Command = root
+        for word in words:
+            sub = getattr(command, "commands", {}).get(word)
+            if sub is None:
+                break
+            command = sub
+        known = {opt for param in command.params for opt in param.opts + param.secondary_opts}
+        for option in re.findall(r"(?<![\w-])(--[a-z][a-z-]*|-[a-zA-Z])\b", text):
+            assert option in known or option == "--help", f"{where}: 'histocli {text}': no {option}"
+        checked += 1
+    assert checked >= 30

@@ -25,7 +25,7 @@ from histo.jobs import TileBatch, plan_batches, process_batch
 from histo.settings import get_settings
 from histo.store import EdgeStore, Point, SearchFilter
 from histo.sync import SyncPlan, SyncResult, plan_sync, settle
-from tests.helpers import baseline_embedders, write_image
+from tests.helpers import AS_FOLDER, baseline_embedders, write_image
 
 runner = CliRunner()
 TILING = TilingConfig(tile_size=32)
@@ -200,10 +200,7 @@ def cli_ingest(root: Path, *extra: str) -> tuple[dict[str, Any], str]:
     args = [
         "ingest",
         str(root),
-        "--layout",
-        "folder",
-        "--name",
-        "folder",
+        *AS_FOLDER,
         "-e",
         "colorhist",
         "--workers",
