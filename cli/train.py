@@ -108,6 +108,7 @@ def train(
     check_method(method)
     target = artifact_folder(settings.encoders_dir, method, name, out)
     replaced = check_replace(settings, target, method, force)
+    before = previous_input_size(target)
     config = TrainConfig(
         method=method,
         data=data,
@@ -142,6 +143,20 @@ def train(
         )
         raise typer.Exit(INTERRUPTED_EXIT) from None
     say_trained(artifact, config, replaced)
+    if before is not None and before != config.input_size:
+        console.print(
+            f"note: {target.name} now sees {config.input_size} px, the artifact it replaced saw {before} px "
+            f"(give --input-size {before} to keep it)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def previous_input_size(target: Path) -> int | None:
+    """The input size of the artifact a run will replace, if there is one."""
+    from histo.encoders.artifact import META_FILE, load_meta
+
+    return load_meta(target).input_size if (target / META_FILE).is_file() else None
 
 
 def check_method(method: str) -> None:

@@ -106,8 +106,7 @@ class EncoderChoice:
         now = time.monotonic()
         if not force and now - self._checked < self.ttl_s:
             return
-        where = {name: "the one loaded now" for name in self.digests}
-        reasons = stale_reasons(self.store, self.digests, where)
+        reasons = stale_reasons(self.store, self.digests)
         # found while serving, or searched anyway: a warning; refused at the start: the runtime that
         # built the engine says so itself (histocli serve's "not serving" line, a command's error)
         level = logging.DEBUG if force and self.policy == "refuse" else logging.WARNING

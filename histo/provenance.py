@@ -86,25 +86,26 @@ def _layout_of_legacy(dataset: str) -> str:
     return dataset if dataset in dataset_names() else "folder"
 
 
-def stale_message(store: VectorStore, found: Provenance, where: str) -> str:
+def stale_message(store: VectorStore, found: Provenance) -> str:
     """One line: how many of the encoder's vectors another artifact made, where, and the fix."""
     datasets = stale_datasets(store, found)
     shown = ", ".join(f"{name} ({count})" for name, count in datasets.items()) or "-"
     fixes = "; ".join(ingest_command(store, name, found.encoder) for name in datasets)
     return (
         f"{found.stale} {found.encoder} vectors in the index (data sets {shown}) were made by an earlier "
-        f"{found.encoder} artifact, not {where} (digest {found.digest}): a query's scores against them "
-        f"would mean nothing. Re-embed them: {fixes or 'histocli ingest DIR ... -e ' + found.encoder}"
+        f"{found.encoder} artifact, not the one loaded now (digest {found.digest}): a query's scores "
+        f"against them would mean nothing. Re-embed them: "
+        f"{fixes or 'histocli ingest DIR ... -e ' + found.encoder}"
     )
 
 
-def stale_reasons(store: VectorStore, digests: Mapping[str, str], where: Mapping[str, str]) -> dict[str, str]:
+def stale_reasons(store: VectorStore, digests: Mapping[str, str]) -> dict[str, str]:
     """Encoder -> the :func:`stale_message` of each encoder with vectors another artifact made."""
     reasons = {}
     for name, digest in digests.items():
         found = provenance(store, name, digest)
         if found.stale:
-            reasons[name] = stale_message(store, found, where.get(name, f"the artifact {name}"))
+            reasons[name] = stale_message(store, found)
     return reasons
 
 

@@ -225,3 +225,20 @@ def test_snapshot_and_restore_keep_which_artifact_made_each_vector(data: Path, t
         )
         manifest = json.loads(json.dumps(taken.manifest))
         assert manifest["artifacts"]["colorhist"] == {embedder.digest: 8}
+
+
+def test_train_under_a_new_name_or_with_force_and_says_what_next(home: Path, data: Path) -> None:
+    args = ["train", "simclr", "--data", str(data / "bach"), "--layout", "bach", "--steps", "1"]
+    small = ["--batch-size", "4", "--input-size", "32", "--workers", "0"]
+    first = runner.invoke(app, [*args, *small])
+    assert first.exit_code == 0, first.output
+    assert "1 optimiser steps (--steps as given" in first.output
+    assert "next: histocli ingest" in first.output and "--layout bach --name bach -e simclr" in first.output
+    old = artifact_digest(home / "encoders" / "simclr")
+    beside = runner.invoke(app, [*args, *small, "--name", "simclr_2", "--seed", "1"])
+    assert beside.exit_code == 0 and (home / "encoders" / "simclr_2" / "artifact.json").is_file()
+    assert artifact_digest(home / "encoders" / "simclr") == old  # the first one untouched
+    again = runner.invoke(app, [*args, "--batch-size", "4", "--input-size", "48", "--workers", "0"])
+    assert again.exit_code == 0, again.output  # nothing of it is indexed: replaced without --force
+    assert "note: simclr now sees 48 px, the artifact it replaced saw 32 px" in again.output
+    assert artifact_digest(home / "encoders" / "simclr") != old
