@@ -242,3 +242,25 @@ def test_train_under_a_new_name_or_with_force_and_says_what_next(home: Path, dat
     assert again.exit_code == 0, again.output  # nothing of it is indexed: replaced without --force
     assert "note: simclr now sees 48 px, the artifact it replaced saw 32 px" in again.output
     assert artifact_digest(home / "encoders" / "simclr") != old
+
+
+def test_migration_carries_and_checks_which_artifact_made_each_vector(data: Path, tmp_path: Path) -> None:
+    from histo.migration import migrate
+    from histo.store import ServerStore
+
+    folder = make_baseline_artifact("colorhist", tmp_path / "enc" / "colorhist", input_size=TILE)
+    embedder = Embedder.from_artifact(folder)
+    with open_store(path=tmp_path / "index") as edge, ServerStore.in_memory() as server:
+        run_ingest(edge, data / "bach", "bach", {"colorhist": embedder})
+        done = migrate(edge, server, tmp_path / "checkpoint.json", sample=8)
+        assert done.verification.ok and done.copied == 8
+        assert server.count_values(stamp_field("colorhist")) == {embedder.digest: 8}
+        assert (
+            server.inventory()["artifacts"]
+            == edge.inventory()["artifacts"]
+            == {"colorhist": {embedder.digest: 8}}
+        )
+        copy = SearchEngine(
+            server, {"colorhist": embedder}, tiling=TilingConfig(tile_size=TILE), warm_up=False
+        )
+        assert copy.encoders == ["colorhist"]  # the copy's vectors are known to be this artifact's
