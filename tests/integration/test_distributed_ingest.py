@@ -116,6 +116,12 @@ class WorkerProcess:
         """SIGKILL the whole group: nothing gets acknowledged."""
         self._signal(signal.SIGKILL, 10.0)
 
+    def freeze(self, frozen: bool) -> None:
+        """SIGSTOP (or SIGCONT) the whole group: a frozen worker acknowledges nothing meanwhile."""
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def _signal(self, sig: signal.Signals, timeout: float) -> None:
         process = self.process
         if process is None or process.poll() is not None:
@@ -393,9 +399,15 @@ def test_a_killed_workers_batch_is_redelivered_and_counted_once(tmp_path: Path, 
             assert time.monotonic() < deadline and ingest.poll() is None, ingest.communicate()
             time.sleep(0.05)
         tracker = JobTracker(client, list_jobs(client)[0])
-        # kill while a batch is taken but not acknowledged (kombu keeps it in the "unacked" hash)
-        while not (tracker.snapshot().batches_done >= 1 and client.hlen("unacked") >= 1):
+        # kill while a batch is taken but not acknowledged (kombu keeps it in the "unacked" hash);
+        # the worker is frozen before the check, so it cannot acknowledge the batch in between
+        while True:
             assert time.monotonic() < deadline, doomed.log.read_text()
+            if tracker.snapshot().batches_done >= 1 and client.hlen("unacked") >= 1:
+                doomed.freeze(True)
+                if client.hlen("unacked") >= 1 and not tracker.snapshot().finished:
+                    break
+                doomed.freeze(False)
             time.sleep(0.02)
         doomed.kill()
         assert client.hlen("unacked") >= 1 and not tracker.snapshot().finished
