@@ -605,6 +605,14 @@ class StoreBase(abc.ABC):
 
     _dims: dict[str, int] | None = None
     _closed: bool = False
+    #: Payload fields made keyword indexes by this object since the collection last changed whole
+    #: (``count_values`` asks the engine once per field, not on every count).
+    _indexed: frozenset[str] = frozenset()
+
+    def _forget(self) -> None:
+        """The collection was created, dropped or replaced: read its vectors and indexes anew."""
+        self._dims = None
+        self._indexed = frozenset()
 
     def _known(self, refresh: bool = False) -> dict[str, int]:
         self._check_open()
@@ -662,8 +670,8 @@ class StoreBase(abc.ABC):
         else:
             for name in added:
                 self._add_vector(name, wanted[name])
+        self._forget()
         self._ensure_indexes(FILTER_FIELDS + tuple(stamp_field(n) for n in sorted({*existing, *wanted})))
-        self._dims = None
         return added
 
     def upsert(self, points: Iterable[Point]) -> int:
@@ -885,7 +893,10 @@ class StoreBase(abc.ABC):
             _check_value(key_name, value)
         if not self._known():
             return {}
-        self._ensure_indexes((key, *extra))
+        fields = (key, *extra)
+        if not self._indexed.issuperset(fields):
+            self._ensure_indexes(fields)
+            self._indexed = self._indexed | set(fields)
         must = flt.must + tuple((name, (value,)) for name, value in extra.items())
         return dict(sorted(self._facet(key, must, flt.must_not).items()))
 
@@ -970,7 +981,7 @@ class StoreBase(abc.ABC):
     def drop(self) -> None:
         self._check_open()
         self._drop()
-        self._dims = None
+        self._forget()
 
     def close(self) -> None:
         if self._closed:

@@ -655,7 +655,7 @@ class EdgeStore(StoreBase):
             self._shard.flush()
             self._shard.close()
             self._shard = None
-        self._dims = None
+        self._forget()
         aside = self.path / f".replaced-{self.collection}-{uuid.uuid4().hex[:8]}"
         had_old = self._shard_dir.exists()
         if had_old:
