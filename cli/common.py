@@ -6,7 +6,9 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, ParamSpec, TypeVar
 
 import typer
@@ -26,6 +28,7 @@ class Fusion(StrEnum):
 
 
 if TYPE_CHECKING:
+    from histo.data.datasets import ScanResult
     from histo.store.base import VectorStore
 
 P = ParamSpec("P")
@@ -111,6 +114,21 @@ TARGET_MPP = typer.Option(
 MIN_TISSUE = typer.Option(
     None, "--min-tissue", min=0.0, max=1.0, help="Drop tiles with less tissue than this fraction (0 to 1)."
 )
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an ingest reads: the folder, its layout, and the data set name it gets in the index."""
+
+    root: Path
+    layout: str
+    name: str
+
+    def scan(self, mpp: float | None = None) -> ScanResult:
+        """Every image of the folder as this data set (``--mpp`` for files that record none)."""
+        from histo.data.datasets import scan_dataset
+
+        return scan_dataset(self.root, self.layout, self.name).with_mpp(mpp)
 
 
 def pick_layout(layout: str | None, dataset: str | None) -> str:

@@ -18,6 +18,7 @@ from cli.common import (
     STRIDE,
     TARGET_MPP,
     TILE_SIZE,
+    Target,
     console,
     domain_errors,
     err_console,
@@ -113,32 +114,17 @@ def ingest(
     chosen = pick_layout(layout, dataset)
     dataset_name = check_dataset_name(name) if name is not None else default_dataset_name(chosen, root)
     folders = resolve_encoders(encoders, settings.encoders_dir)  # unknown names fail before any bar
+    target = Target(root, chosen, dataset_name)
     if queue:
         from cli import ingest_queue
 
-        target = ingest_queue.Target(root, chosen, dataset_name)
         return ingest_queue.run(settings, target, folders, config, batch_size, as_json, mpp, no_reembed)
-    run_here(
-        settings,
-        root,
-        chosen,
-        dataset_name,
-        folders,
-        config,
-        batch_size,
-        workers,
-        as_json,
-        mpp,
-        sync,
-        no_reembed,
-    )
+    run_here(settings, target, folders, config, batch_size, workers, as_json, mpp, sync, no_reembed)
 
 
 def run_here(
     settings: Settings,
-    root: Path,
-    layout: str,
-    dataset: str,
+    target: Target,
     folders: dict[str, Path],
     config: TilingConfig,
     batch_size: int,
@@ -149,14 +135,14 @@ def run_here(
     no_reembed: bool,
 ) -> None:
     """The in-process ingestion: scan, embed, upsert, then say what happened."""
-    from histo.data.datasets import scan_dataset
     from histo.embedding import Embedder
     from histo.ingest import Ingestor, write_failures
     from histo.ingest import ingest as run_ingest
     from histo.provenance import refuse_stale
     from histo.sync import plan_sync, settle
 
-    scan = scan_dataset(root, layout, dataset).with_mpp(mpp)
+    scan = target.scan(mpp)
+    dataset, layout = target.name, target.layout
     embedders = {n: Embedder.from_artifact(p) for n, p in folders.items()}
     failures_file = settings.logs_dir / f"ingest-{dataset}-failures.tsv"
     with open_index(settings) as store:

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -20,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import typer
 from tqdm import tqdm
 
-from cli.common import console, err_console, open_index
+from cli.common import Target, console, err_console, open_index
 from histo.data.tiling import TilingConfig
 from histo.errors import HistoError, NotFoundError, StoreLockedError
 from histo.jobs import JobSnapshot, JobTracker, plan_batches
@@ -59,15 +58,6 @@ def connect_redis(url: str) -> Redis:
             "start it (redis-server, or `docker compose up -d redis`) or set HISTO_REDIS__URL"
         ) from None
     return client
-
-
-@dataclass(frozen=True)
-class Target:
-    """What a queued ingest reads: the folder, its layout, and the data set name it gets."""
-
-    root: Path
-    layout: str
-    name: str
 
 
 def run(
@@ -144,11 +134,10 @@ def submit(
     writing vectors of another model (``histo.provenance``)."""
     from celery import Celery
 
-    from histo.data.datasets import scan_dataset
     from histo.data.filestamp import stamp_records
     from histo.encoders.artifact import artifact_digest
 
-    scan = scan_dataset(target.root, target.layout, target.name).with_mpp(mpp)
+    scan = target.scan(mpp)
     digests = {name: artifact_digest(folder) for name, folder in folders.items()}
     if no_reembed:
         from histo.provenance import refuse_stale
