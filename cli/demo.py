@@ -24,7 +24,7 @@ def demo(
     import shutil
 
     from histo.demo import DemoConfig, run_demo
-    from histo.report import comparison_table
+    from histo.report import comparison_rows
     from histo.store import open_store
 
     home = settings_of(ctx).home / "demo"
@@ -33,13 +33,14 @@ def demo(
     config = DemoConfig(home=home, minutes=minutes, input_size=input_size, seed=seed, init=init)
     with open_store(path=home / "index") as store:
         result = run_demo(config, store, say=lambda line: console.print(f"[bold]demo:[/bold] {line}"))
-    for dataset, results in result.tables.items():
-        header, rows = comparison_table(results, [1, 5, 10], ["mMV@5", "mAP@5", "P@5", "mMV@10", "Acc@1"])
-        title = f"{dataset} (SYNTHETIC data): leave-one-out, own image and slide excluded"
-        shown = table(header, title, numeric=[c for c in header if c != "encoder"])
+    for dataset, comparison in result.tables.items():
+        header, rows = comparison_rows(comparison, ["mMV@5", "mAP@5", "Acc@1"])
+        title = f"{dataset} (SYNTHETIC data): leave-one-out, own image and slide excluded; 95 % intervals"
+        shown = table(header, title, numeric=header[1:4])
         for row in rows:
-            shown.add_row(*[cell.replace("**", "") for cell in row])
+            shown.add_row(*row)
         console.print(shown, crop=False)
+        console.print(comparison.summary_line(), highlight=False)
         console.print(f"report: {result.reports[dataset]}")
     example = result.example
     query = example["query"]

@@ -87,6 +87,13 @@ def ingest(
         help="Refuse, instead of re-embedding, when an encoder's vectors of this data set were made by "
         "another artifact of its name (it was retrained since).",
     ),
+    input_size: int | None = typer.Option(
+        None,
+        "--input-size",
+        min=32,
+        help="Pixels the baselines (imagenet, random, colorhist) see, remade if need be; default: the "
+        "input size of the trained encoders ingested with them, so their rows compare like for like.",
+    ),
 ) -> None:
     """Tile, embed with every encoder and upsert into the index; reruns resume, failures never stop it.
 
@@ -109,11 +116,14 @@ def ingest(
     if root is None:
         raise InvalidInputError("give the data set folder: histocli ingest DIR --layout LAYOUT [--name NAME]")
     from histo.data.datasets import check_dataset_name, default_dataset_name
-    from histo.encoders.catalog import resolve_encoders
+    from histo.encoders.catalog import resolve_encoders, size_mismatch
 
     chosen = pick_layout(layout, dataset)
     dataset_name = check_dataset_name(name) if name is not None else default_dataset_name(chosen, root)
-    folders = resolve_encoders(encoders, settings.encoders_dir)  # unknown names fail before any bar
+    folders = resolve_encoders(encoders, settings.encoders_dir, input_size)  # unknown names fail first
+    warning = size_mismatch(folders)
+    if warning:
+        console.print(warning, highlight=False)
     target = Target(root, chosen, dataset_name)
     if queue:
         from cli import ingest_queue

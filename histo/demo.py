@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from histo.comparison import row_conditions
 from histo.data.datasets import scan_dataset
 from histo.data.samples import sample_dir
 from histo.data.synth import write_synthetic
@@ -29,7 +30,7 @@ from histo.encoders.registry import names
 from histo.evaluation import evaluate
 from histo.heatmap import render_heatmap, tile_similarities
 from histo.ingest import Ingestor, ingest
-from histo.report import best_encoder, write_report
+from histo.report import Comparison, best_encoder, build_comparison, write_report
 from histo.slide_search import rank_slides, slide_ids_of, slide_mosaic
 from histo.store.base import SearchFilter, VectorStore
 from histo.training import TrainConfig, train
@@ -64,7 +65,7 @@ class DemoConfig:
 class DemoResult:
     seconds: dict[str, float]
     reports: dict[str, Path]
-    tables: dict[str, Any]
+    tables: dict[str, Comparison]
     example: dict[str, Any]
     training: dict[str, dict[str, Any]] = field(default_factory=dict)
     slides: dict[str, Any] = field(default_factory=dict)
@@ -199,13 +200,12 @@ def run_demo(config: DemoConfig, store: VectorStore, say: Callable[[str], None] 
     reports, tables = {}, {}
     for dataset in ("bach", "bracs"):
         results = evaluate(store, dataset, ks=[1, 5, 10], progress=config.progress)
+        conditions = row_conditions(results, config.home / "encoders")
+        tables[dataset] = build_comparison(results, [1, 5, 10], conditions, config.seed)
         out = config.home / "reports" / dataset
-        reports[dataset] = write_report(
-            results, dataset, out, [1, 5, 10], {dataset: roots[dataset]}, synthetic=True
-        )
-        tables[dataset] = results
+        reports[dataset] = write_report(tables[dataset], dataset, out, {dataset: roots[dataset]}, True)
     seconds["evaluate"] = time.perf_counter() - started - sum(seconds.values())
-    best = best_encoder(tables["bach"], "mMV@5")
+    best = best_encoder(tables["bach"].results, "mMV@5")
     example = example_query(store, best)
     slides = slide_example(store, best, config.home / "reports" / "slides")
     seconds["total"] = time.perf_counter() - started

@@ -5,21 +5,30 @@ on large sets, and the report says so). Its candidates are all other tiles of th
 **except** those from the query's own image and, where the source records one, its own slide or
 patient — otherwise an encoder (or a colour histogram) wins by recognising the slide's stain.
 Ranking is exact cosine similarity over the stored vectors, so no approximate-search recall
-loss enters the numbers. Metric definitions: ``histo.metrics``.
+loss enters the numbers. Metric definitions: ``histo.metrics``; intervals: ``histo.uncertainty``.
+
+**One query set per comparison** (``QueryPlan``): every encoder that has vectors for all the
+tiles is scored on the same queries against the same candidates. An encoder that lacks some is
+scored on its own tiles and marked ``partial``: the report shows it apart, never in one table
+with the others. A class whose tiles all sit in one image, slide or patient can never be found
+once those are excluded: its tiles stay candidates but are not queries, and the plan names it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from histo.errors import InvalidInputError
-from histo.metrics import QueryResult, summarise
+from histo.metrics import QueryResult, per_query, summarise
 from histo.query_checks import require_dataset
 from histo.store.base import SearchFilter, VectorStore
+from histo.uncertainty import PerQuery
 
 QUERY_BLOCK = 256
 
@@ -45,6 +54,39 @@ class IndexedTiles:
         """Patient, else slide; empty where the source records neither."""
         return np.array([p.get("patient_id") or p.get("slide_id") or "" for p in self.payloads])
 
+    @property
+    def units(self) -> np.ndarray:
+        """What a query's exclusions remove, and what the bootstrap resamples: its patient, else
+        its slide, else its image."""
+        return np.array([g or i for g, i in zip(self.groups, self.images, strict=True)])
+
+    def subset(self, keep: Sequence[int]) -> IndexedTiles:
+        rows = list(keep)
+        return IndexedTiles([self.ids[i] for i in rows], self.vectors[rows], [self.payloads[i] for i in rows])
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """The queries of one comparison: point ids, labels and resampling units, the classes left
+    out because nothing of theirs can be found, and whether the queries are a sample."""
+
+    ids: tuple[str, ...]
+    labels: np.ndarray
+    units: np.ndarray
+    candidates: int
+    sampled: bool = False
+    #: Class -> its tiles, for classes with fewer than two images/slides/patients.
+    left_out: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "queries": len(self.ids),
+            "units": len(set(self.units.tolist())),
+            "candidates": self.candidates,
+            "sampled": self.sampled,
+            "left_out_classes": self.left_out,
+        }
+
 
 @dataclass
 class EncoderResult:
@@ -53,21 +95,78 @@ class EncoderResult:
     summary: dict[str, Any]
     examples: list[dict[str, Any]] = field(default_factory=list)
     tiles: IndexedTiles | None = None
+    #: Each overall metric per query, in the plan's order (for intervals and paired verdicts).
+    values: dict[str, PerQuery] = field(default_factory=dict)
+    plan: QueryPlan | None = None
+    #: Scored on fewer tiles than the other rows (some of its vectors are missing).
+    partial: bool = False
 
 
-def load_tiles(store: VectorStore, dataset: str, encoder: str) -> IndexedTiles:
-    """Every labelled tile of ``dataset`` that has the ``encoder`` vector."""
-    ids, vectors, payloads = [], [], []
+@dataclass(frozen=True)
+class Narrowing:
+    """Evaluate on part of a data set: some labels, or the tiles of one source folder."""
+
+    labels: tuple[str, ...] = ()
+    root: Path | None = None
+
+    def keeps(self, payload: dict[str, Any]) -> bool:
+        if self.labels and payload.get("label") not in self.labels:
+            return False
+        return self.root is None or Path(str(payload.get("root", ""))) == self.root.absolute()
+
+    def describe(self) -> str:
+        parts = [f"labels {', '.join(self.labels)}"] if self.labels else []
+        return "; ".join(parts + ([f"source folder {self.root.absolute()}"] if self.root else []))
+
+
+def load_tiles(
+    store: VectorStore, dataset: str, encoder: str, narrowing: Narrowing | None = None
+) -> IndexedTiles:
+    """Every labelled tile of ``dataset`` that has the ``encoder`` vector, in point-id order."""
+    found = []
     for record in store.scroll(SearchFilter(dataset=dataset), with_vectors=[encoder]):
-        if encoder in record.vectors and record.payload.get("label"):
-            ids.append(record.id)
-            vectors.append(record.vectors[encoder])
-            payloads.append(record.payload)
-    if not ids:  # an unknown data set, or one never embedded with this encoder
+        payload = record.payload
+        if encoder in record.vectors and payload.get("label") and (not narrowing or narrowing.keeps(payload)):
+            found.append((record.id, record.vectors[encoder], payload))
+    if not found:  # an unknown data set, or one never embedded with this encoder
         return IndexedTiles([], np.zeros((0, 0), dtype=np.float32), [])
-    matrix = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+    found.sort(key=lambda item: item[0])
+    matrix = np.asarray([v for _, v, _ in found], dtype=np.float32).reshape(len(found), -1)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return IndexedTiles(ids, matrix / np.maximum(norms, 1e-12), payloads)
+    return IndexedTiles([i for i, _, _ in found], matrix / np.maximum(norms, 1e-12), [p for _, _, p in found])
+
+
+def unfindable_classes(labels: np.ndarray, units: np.ndarray) -> dict[str, int]:
+    """Classes whose tiles lie in fewer than two images/slides/patients, with their tile counts:
+    once the query's own are excluded, no other tile of the class is left to find."""
+    out = {}
+    for label in sorted(set(labels.tolist())):
+        mask = labels == label
+        if len(set(units[mask].tolist())) < 2:
+            out[str(label)] = int(mask.sum())
+    return out
+
+
+def plan_queries(tiles: IndexedTiles, max_queries: int | None = 2000, seed: int = 0) -> QueryPlan:
+    """The queries of a comparison over ``tiles``: findable classes only, sampled with ``seed``."""
+    labels, units = tiles.labels, tiles.units
+    left_out = unfindable_classes(labels, units)
+    eligible = np.flatnonzero(~np.isin(labels, list(left_out)))
+    if len(eligible) == 0:
+        named = ", ".join(f"{c} ({n} tiles)" for c, n in left_out.items())
+        raise InvalidInputError(
+            f"every class lies in a single image, slide or patient ({named}), so nothing can be found "
+            "once a query's own image is excluded; ingest two or more images per class"
+        )
+    chosen = eligible[pick_queries(len(eligible), max_queries, seed)]
+    return QueryPlan(
+        tuple(tiles.ids[i] for i in chosen),
+        labels[chosen],
+        units[chosen],
+        len(tiles.ids),
+        sampled=len(chosen) < len(eligible),
+        left_out=left_out,
+    )
 
 
 def pick_queries(count: int, max_queries: int | None, seed: int) -> np.ndarray:
@@ -103,12 +202,20 @@ def rank(tiles: IndexedTiles, queries: np.ndarray, depth: int) -> tuple[np.ndarr
 
 
 def evaluate_encoder(
-    tiles: IndexedTiles, ks: list[int], max_queries: int | None = 2000, seed: int = 0, examples: int = 4
+    tiles: IndexedTiles,
+    ks: list[int],
+    max_queries: int | None = 2000,
+    seed: int = 0,
+    examples: int = 4,
+    plan: QueryPlan | None = None,
 ) -> EncoderResult:
-    """Leave-one-out metrics of one encoder's vectors."""
+    """Leave-one-out metrics of one encoder's vectors, on ``plan``'s queries (default: planned
+    from ``tiles`` with ``max_queries`` and ``seed``)."""
     if len(tiles.ids) < 2:
         raise InvalidInputError("fewer than 2 labelled tiles for this encoder; ingest the data set first")
-    queries = pick_queries(len(tiles.ids), max_queries, seed)
+    plan = plan or plan_queries(tiles, max_queries, seed)
+    row_of = {pid: i for i, pid in enumerate(tiles.ids)}
+    queries = np.array([row_of[pid] for pid in plan.ids], dtype=np.int64)
     hit_idx, hit_sim = rank(tiles, queries, max(ks))
     labels = tiles.labels
     results = []
@@ -120,23 +227,24 @@ def evaluate_encoder(
             )
         )
     summary = summarise(results, ks)
-    summary["sampled"] = len(queries) < len(tiles.ids)
+    summary["sampled"] = plan.sampled
     summary["candidates"] = len(tiles.ids)
+    summary["left_out_classes"] = plan.left_out
     chosen = np.random.default_rng(seed + 1).choice(
         len(queries), size=min(examples, len(queries)), replace=False
     )
     shown = [
         {"query": int(queries[row]), "hits": [int(i) for i in hit_idx[row] if i >= 0][:5]} for row in chosen
     ]
-    return EncoderResult(summary, shown, tiles)
+    return EncoderResult(summary, shown, tiles, per_query(results, ks), plan)
 
 
 def _chosen(store: VectorStore, encoders: list[str] | None, ks: list[int]) -> list[str]:
-    """The encoders to evaluate (default: every named vector), after checking them and ``ks``."""
+    """The encoders to evaluate (default: every named vector, by name), after checking them and ``ks``."""
     if any(k < 1 for k in ks):
         raise InvalidInputError(f"k values must be positive, got {ks}")
     available = list(store.vectors())
-    chosen = encoders or available
+    chosen = list(dict.fromkeys(encoders)) if encoders else sorted(available)
     unknown = [name for name in chosen if name not in available]
     if unknown:
         raise InvalidInputError(
@@ -153,20 +261,42 @@ def evaluate(
     max_queries: int | None = 2000,
     seed: int = 0,
     progress: bool = True,
+    narrowing: Narrowing | None = None,
 ) -> dict[str, EncoderResult]:
-    """Every requested encoder (default: every named vector in the index) on ``dataset``."""
+    """Every requested encoder (default: every named vector in the index) on ``dataset``, all on
+    one query plan; an encoder without vectors for some of the tiles is scored apart (partial)."""
     ks = sorted(set(ks or [1, 5, 10]))
     require_dataset(store, dataset)
     chosen = _chosen(store, encoders, ks)
+    loaded = {name: load_tiles(store, dataset, name, narrowing) for name in chosen}
+    where = f"{dataset} ({narrowing.describe()})" if narrowing and narrowing.describe() else dataset
+    for name, tiles in loaded.items():
+        if not tiles.ids:
+            raise InvalidInputError(f"no labelled {where} tiles with {name} vectors; ingest {dataset} first")
+    compared = common_tiles(loaded)
+    plan = plan_queries(next(iter(compared.values())), max_queries, seed)
     results = {}
     for name in tqdm(chosen, desc=f"evaluating {dataset}", unit="encoder", disable=not progress):
-        tiles = load_tiles(store, dataset, name)
-        if not tiles.ids:
-            raise InvalidInputError(
-                f"no labelled {dataset} tiles with {name} vectors; ingest {dataset} first"
-            )
-        results[name] = evaluate_encoder(tiles, ks, max_queries, seed)
+        if name in compared:
+            results[name] = evaluate_encoder(compared[name], ks, max_queries, seed, plan=plan)
+        else:
+            results[name] = evaluate_encoder(loaded[name], ks, max_queries, seed)
+            results[name].partial = True
     return results
+
+
+def common_tiles(loaded: dict[str, IndexedTiles]) -> dict[str, IndexedTiles]:
+    """The rows one comparison can hold: the encoder with the most tiles sets the tile set, and
+    every encoder that has vectors for all of them joins, cut to exactly those tiles (same
+    queries, same candidates). The others are left out (scored apart, as partial rows)."""
+    reference = max(loaded, key=lambda name: len(loaded[name].ids))
+    wanted = loaded[reference].ids
+    compared = {}
+    for name, tiles in loaded.items():
+        row_of = {pid: i for i, pid in enumerate(tiles.ids)}
+        if all(pid in row_of for pid in wanted):
+            compared[name] = tiles.subset([row_of[pid] for pid in wanted])
+    return compared
 
 
 # ------------------------------------------------------------------------------------------------
@@ -212,5 +342,14 @@ def evaluate_slides(
             )
         summary = summarise(queries, ks)
         summary["protocol"] = {"level": "slide", "queries": len(queries), "slides": len(mosaics)}
-        results[name] = EncoderResult(summary)
+        plan = QueryPlan(
+            tuple(labelled),
+            np.array([q.label for q in queries]),
+            np.array([m.patient_id or slide for slide, m in labelled.items()]),
+            len(labelled),
+        )
+        results[name] = EncoderResult(summary, values=per_query(queries, ks), plan=plan)
+    most = max(len(r.plan.ids) for r in results.values() if r.plan)
+    for result in results.values():
+        result.partial = result.plan is not None and len(result.plan.ids) < most
     return results

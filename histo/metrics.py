@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from histo.uncertainty import PerQuery
+
 
 def precision_at_k(relevant: Sequence[bool], k: int) -> float:
     """Relevant hits among the first ``k`` returned, over the number returned."""
@@ -59,25 +61,38 @@ class QueryResult:
     hit_scores: list[float]
 
 
+def per_query(results: Sequence[QueryResult], ks: Sequence[int]) -> dict[str, PerQuery]:
+    """Every overall metric as its per-query values (``histo.uncertainty`` resamples them):
+    P@k, AP@k and top-1 are averaged over queries, MV@k over classes first (macro)."""
+    values: dict[str, PerQuery] = {}
+    for k in ks:
+        relevant = [[hit == r.label for hit in r.hit_labels] for r in results]
+        values[f"P@{k}"] = PerQuery(np.array([precision_at_k(rel, k) for rel in relevant]))
+        values[f"mAP@{k}"] = PerQuery(np.array([average_precision_at_k(rel, k) for rel in relevant]))
+        votes = [majority_vote(r.hit_labels, r.hit_scores, k) for r in results]
+        hits = [vote == r.label for vote, r in zip(votes, results, strict=True)]
+        values[f"mMV@{k}"] = PerQuery(np.array(hits, dtype=float), macro=True)
+    top1 = [bool(r.hit_labels) and r.hit_labels[0] == r.label for r in results]
+    values["Acc@1"] = PerQuery(np.array(top1, dtype=float))
+    return values
+
+
 def summarise(results: Sequence[QueryResult], ks: Sequence[int]) -> dict[str, object]:
     """Overall and per-class metrics for every k, plus the MV@k confusion counts."""
     classes = sorted({r.label for r in results})
+    labels = np.array([r.label for r in results])
+    values = per_query(results, ks)
     overall: dict[str, float] = {}
     per_class: dict[str, dict[str, float]] = {c: {} for c in classes}
     confusion: dict[int, dict[str, dict[str, int]]] = {}
     for k in ks:
-        relevant = [[hit == r.label for hit in r.hit_labels] for r in results]
-        p = np.array([precision_at_k(rel, k) for rel in relevant])
-        ap = np.array([average_precision_at_k(rel, k) for rel in relevant])
-        votes = [majority_vote(r.hit_labels, r.hit_scores, k) for r in results]
-        mv = np.array([vote == r.label for vote, r in zip(votes, results, strict=True)], dtype=float)
-        labels = np.array([r.label for r in results])
+        p, ap, mv = (values[f"{m}@{k}"].values for m in ("P", "mAP", "mMV"))
         class_mv = {c: float(mv[labels == c].mean()) for c in classes}
         overall.update(
             {
-                f"P@{k}": float(p.mean()),
-                f"mAP@{k}": float(ap.mean()),
-                f"mMV@{k}": float(np.mean(list(class_mv.values()))),
+                f"P@{k}": float(p.mean()) if len(p) else 0.0,
+                f"mAP@{k}": float(ap.mean()) if len(ap) else 0.0,
+                f"mMV@{k}": float(np.mean(list(class_mv.values()))) if class_mv else 0.0,
             }
         )
         for c in classes:
@@ -86,9 +101,10 @@ def summarise(results: Sequence[QueryResult], ks: Sequence[int]) -> dict[str, ob
                 {f"P@{k}": float(p[mask].mean()), f"mAP@{k}": float(ap[mask].mean()), f"MV@{k}": class_mv[c]}
             )
         confusion[k] = {c: {d: 0 for d in classes} for c in classes}
-        for vote, r in zip(votes, results, strict=True):
+        for r in results:
+            vote = majority_vote(r.hit_labels, r.hit_scores, k)
             if vote in confusion[k][r.label]:
                 confusion[k][r.label][vote] += 1
-    top1 = [bool(r.hit_labels) and r.hit_labels[0] == r.label for r in results]
-    overall["Acc@1"] = float(np.mean(top1)) if results else 0.0
+    top1 = values["Acc@1"].values
+    overall["Acc@1"] = float(top1.mean()) if len(top1) else 0.0
     return {"overall": overall, "per_class": per_class, "confusion": confusion, "queries": len(results)}

@@ -22,8 +22,16 @@ import numpy as np
 from tqdm import tqdm
 
 from histo.errors import InvalidInputError
-from histo.evaluation import EncoderResult, IndexedTiles, load_tiles, pick_queries
-from histo.metrics import QueryResult, summarise
+from histo.evaluation import (
+    EncoderResult,
+    IndexedTiles,
+    QueryPlan,
+    common_tiles,
+    load_tiles,
+    pick_queries,
+    plan_queries,
+)
+from histo.metrics import QueryResult, per_query, summarise
 from histo.store.base import DEFAULT_STRATEGY, FUSION_DEPTH, STRATEGIES, Leg, SearchFilter, VectorStore
 
 FEEDBACK_K = 10
@@ -43,19 +51,14 @@ def leave_one_out_filter(dataset: str, payload: dict[str, Any]) -> SearchFilter:
 def _common_tiles(store: VectorStore, dataset: str, encoders: Sequence[str]) -> dict[str, IndexedTiles]:
     """Each encoder's tiles, restricted to the ids every one of them has, in one order."""
     per = {name: load_tiles(store, dataset, name) for name in encoders}
-    shared = set.intersection(*(set(t.ids) for t in per.values()))
-    if len(shared) < 2:
+    compared = common_tiles(per)
+    if len(compared) < len(per):
+        missing = ", ".join(name for name in per if name not in compared)
         raise InvalidInputError(
-            f"fewer than 2 labelled {dataset} tiles have all of {', '.join(encoders)}; ingest with each"
+            f"{missing} lack vectors for some labelled {dataset} tiles, so the fused query cannot "
+            f"run on every tile; ingest {dataset} with --encoders {','.join(encoders)}"
         )
-    out = {}
-    for name, tiles in per.items():
-        keep = [i for i, pid in enumerate(tiles.ids) if pid in shared]
-        order = sorted(keep, key=lambda i: tiles.ids[i])
-        out[name] = IndexedTiles(
-            [tiles.ids[i] for i in order], tiles.vectors[order], [tiles.payloads[i] for i in order]
-        )
-    return out
+    return compared
 
 
 def fused_name(encoders: Sequence[str], fusion: str) -> str:
@@ -71,14 +74,17 @@ def evaluate_fusion(
     max_queries: int | None = 2000,
     seed: int = 0,
     progress: bool = True,
+    plan: QueryPlan | None = None,
 ) -> EncoderResult:
-    """Leave-one-out metrics of ``encoders`` fused in the store (queries sampled as the single
-    encoders' are, among the tiles that have every encoder)."""
+    """Leave-one-out metrics of ``encoders`` fused in the store, on ``plan``'s queries (those of
+    the single encoders' rows; default: planned as theirs are)."""
     if len(encoders) < 2:
         raise InvalidInputError("fusion needs at least two encoders, e.g. --encoders simclr,nnclr")
     tiles = _common_tiles(store, dataset, encoders)
     first = tiles[encoders[0]]
-    queries = pick_queries(len(first.ids), max_queries, seed)
+    plan = plan or plan_queries(first, max_queries, seed)
+    row_of = {pid: i for i, pid in enumerate(first.ids)}
+    queries = [row_of[pid] for pid in plan.ids]
     depth = max(max(ks), FUSION_DEPTH)
     results = []
     desc = f"evaluating {fused_name(encoders, fusion)} on {dataset}"
@@ -95,10 +101,11 @@ def evaluate_fusion(
             )
         )
     summary = summarise(results, ks)
-    summary["sampled"] = len(queries) < len(first.ids)
+    summary["sampled"] = plan.sampled
     summary["candidates"] = len(first.ids)
+    summary["left_out_classes"] = plan.left_out
     summary["fusion"] = {"method": fusion, "encoders": list(encoders), "depth": depth}
-    return EncoderResult(summary)
+    return EncoderResult(summary, values=per_query(results, ks), plan=plan)
 
 
 @dataclass(frozen=True)

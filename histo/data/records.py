@@ -34,6 +34,8 @@ class ImageRecord:
     file_size: int | None = None
     file_mtime_us: int | None = None
     file_hash: str | None = None
+    #: ``synthetic`` for images ``histocli data synth`` made (``SYNTHETIC_MARKER``), else None.
+    origin: str | None = None
 
     @property
     def root(self) -> Path:
@@ -86,6 +88,7 @@ def tile_payload(record: ImageRecord, box: Box, tile_size: int) -> dict[str, Any
         "file_size": record.file_size,
         "file_mtime_us": record.file_mtime_us,
         "file_hash": record.file_hash,
+        "origin": record.origin,
     }
     return {key: value for key, value in payload.items() if value is not None}
 

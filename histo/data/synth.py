@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from histo.data.datasets.base import SLIDE_MAP_NAME
+from histo.data.datasets.base import SLIDE_MAP_NAME, SYNTHETIC_MARKER
 from histo.data.synth_render import E_REF, H_REF, ClassMorphology, SlideStain, render_rgb
 from histo.data.tiling import TilingConfig, grid_boxes
 from histo.data.tissue import is_tissue, tissue_fraction
@@ -247,7 +247,13 @@ def write_synthetic(
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["path", "slide_id", "patient_id"])
         writer.writerows(slide_rows)
+    write_marker(out)
     return SynthSummary(dataset=dataset, root=out, slides=slides, images=images, tiles=tiles)
+
+
+def write_marker(out: Path) -> None:
+    """Mark ``out`` as synthetic, so reports on what is ingested from it say so."""
+    (out / SYNTHETIC_MARKER).write_text("made by histocli data synth: synthetic H&E, not real tissue\n")
 
 
 def _prepare_folder(out: Path) -> None:

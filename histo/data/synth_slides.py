@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from histo.data.records import Box
-from histo.data.synth import CLASS_TABLES, render_image
+from histo.data.synth import CLASS_TABLES, render_image, write_marker
 from histo.errors import InvalidInputError
 
 TILE = 256
@@ -196,6 +196,7 @@ def write_synthetic_slides(
         for s in written:
             boxes = ";".join(f"{b.x},{b.y},{b.w},{b.h}" for b in s.regions)
             writer.writerow([s.path.relative_to(out).as_posix(), s.label, s.slide_id, s.patient_id, boxes])
+    write_marker(out)
     return written
 
 

@@ -187,7 +187,8 @@ def test_evaluate_sync_and_prune_work_per_name(home: Path, folders: tuple[Path, 
     first, _ = folders
     assert ingest(first, "--layout", "folder", "--name", "lab_a")[0] == 0
     code, output = run("evaluate", "-d", "lab_a", "-e", "colorhist", "--cutoffs", "1")
-    assert code == 0 and "colorhist" in output, output
+    # one image per class: no query could ever find its class, and evaluate says so (no figures)
+    assert code == 1 and "every class lies in a single image, slide or patient (" in output, output
     next(first.rglob("*.png")).unlink()
     code, output = ingest(first, "--layout", "folder", "--name", "lab_a", "--sync")
     assert code == 0 and "sync lab_a from" in output and "1 gone" in output, output

@@ -109,5 +109,7 @@ def test_histocli_evaluate_fusion_and_feedback(home: Path, monkeypatch: pytest.M
     assert result.exit_code == 0, result.output
     for text in ("rrf(good+noise)", "one simulated feedback round", "average_vector", "P@10 after"):
         assert text in result.output
-    assert (home / "reports" / "bach" / "report.md").read_text().count("rrf(good+noise)") >= 1
+    (folder,) = (home / "reports" / "bach").iterdir()  # one new folder per run
+    assert (folder / "report.md").read_text().count("rrf(good+noise)") >= 1
+    assert (folder / "feedback.png").is_file()
     assert bad.exit_code == 1 and "drop --level slide" in bad.output

@@ -60,7 +60,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
     write_synthetic("bach", tmp_path / "b", slides=2, tiles_per_slide=4, seed=7)
     write_synthetic("bach", tmp_path / "c", slides=2, tiles_per_slide=4, seed=8)
     a, b, c = (_files(tmp_path / name) for name in "abc")
-    assert first.images == 8 and len(a) == 9  # 8 images + histo-slides.csv
+    assert first.images == 8 and len(a) == 10  # 8 images + histo-slides.csv + histo-synthetic.txt
     assert a == b
     assert a.keys() == c.keys()
     images = [name for name in a if name.endswith(".tif")]
@@ -71,6 +71,8 @@ def test_bach_layout_names_and_slides(tmp_path: Path) -> None:
     summary = write_synthetic("bach", tmp_path, slides=3, tiles_per_slide=8, seed=1)
     assert (summary.dataset, summary.slides, summary.images) == ("bach", 3, 12)
     scan = scan_dataset(tmp_path, "bach")
+    # the marker makes every tile's payload say where it came from (reports keep the banner)
+    assert {r.origin for r in scan.records} == {"synthetic"}
     assert scan.problems == []
     got = {(r.rel_path, r.label, r.split, r.slide_id, r.patient_id) for r in scan.records}
     prefixes = {"Normal": "n", "Benign": "b", "InSitu": "is", "Invasive": "iv"}

@@ -16,6 +16,10 @@ from histo.data.slides import SLIDE_SUFFIXES
 from histo.errors import DatasetLayoutError
 
 SLIDE_MAP_NAME = "histo-slides.csv"
+#: Written by ``histocli data synth`` beside the images: every tile ingested from that folder gets
+#: payload ``origin: synthetic``, so a report on it says so whoever runs it, however often.
+SYNTHETIC_MARKER = "histo-synthetic.txt"
+ORIGIN_KEY, SYNTHETIC = "origin", "synthetic"
 
 
 @dataclass(frozen=True)

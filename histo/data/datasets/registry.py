@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from histo.data.datasets.bach import BachAdapter
-from histo.data.datasets.base import DatasetAdapter, ScanResult
+from histo.data.datasets.base import SYNTHETIC, SYNTHETIC_MARKER, DatasetAdapter, ScanResult
 from histo.data.datasets.bracs import BracsAdapter
 from histo.data.datasets.crc import CrcAdapter
 from histo.data.datasets.folder import FolderAdapter
@@ -66,5 +66,8 @@ def scan_dataset(root: Path, layout: str, name: str | None = None) -> ScanResult
     result = adapter_for(layout).scan(Path(root))
     dataset = check_dataset_name(name) if name is not None else layout
     result.dataset = dataset
-    result.records = [dataclasses.replace(r, dataset=dataset, layout=layout) for r in result.records]
+    origin = SYNTHETIC if (Path(root) / SYNTHETIC_MARKER).is_file() else None
+    result.records = [
+        dataclasses.replace(r, dataset=dataset, layout=layout, origin=origin) for r in result.records
+    ]
     return result
