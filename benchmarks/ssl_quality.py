@@ -12,7 +12,10 @@ scored on:
 
 ``python -m benchmarks.ssl_quality [--seeds 0,1,2] [--steps 60] [--quick]`` writes
 ``benchmarks/results/ssl_quality.json`` (every run, and mean ± sd over seeds) and
-``ssl_quality.md`` (the README's table) and prints it. Synthetic figures say nothing about real data.
+``ssl_quality.md`` (the README's table) and prints it: each retrieval cell is the mean ± sd over seeds
+and, in brackets, the 95 % interval of one run (bootstrap over slides, bounds averaged over the seeds), so
+the spread from seed to seed and the spread from the few slides of one set are read side by side.
+Synthetic figures say nothing about real data.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from histo.encoders.baselines import make_baseline_artifact
 from histo.encoders.registry import names
 from histo.evaluation import IndexedTiles, evaluate_encoder
 from histo.training import TrainConfig, train
+from histo.uncertainty import group_weights, interval
 
 DATASETS = ("bach", "bracs")
 BASELINES = ("random", "colorhist", "imagenet")
@@ -67,22 +71,29 @@ def synthetic_sets(root: Path, seed: int) -> dict[str, TileSet]:
     return sets
 
 
-def retrieval(embedder: Embedder, tiles: TileSet) -> dict[str, float]:
-    """Leave-one-out metrics of one encoder on one set, own slide excluded (as ``histocli evaluate``)."""
+def retrieval(embedder: Embedder, tiles: TileSet, with_intervals: bool = False) -> dict[str, float]:
+    """Leave-one-out metrics of one encoder on one set, own slide excluded (as ``histocli evaluate``);
+    with ``with_intervals``, each metric's 95 % slide-bootstrap bounds too (``METRIC low/high``)."""
     vectors = embedder.embed(np.asarray(tiles.pixels))
     payloads = [
         {"label": lab, "image_id": g, "slide_id": g}
         for lab, g in zip(tiles.labels, tiles.groups, strict=True)
     ]
     indexed = IndexedTiles([str(i) for i in range(len(payloads))], vectors, payloads)
-    overall = evaluate_encoder(indexed, [1, 5]).summary["overall"]
-    return {metric: round(float(overall[metric]), 4) for metric in METRICS}
+    result = evaluate_encoder(indexed, [1, 5])
+    out = {metric: round(float(result.summary["overall"][metric]), 4) for metric in METRICS}
+    if with_intervals and result.plan is not None:
+        weights = group_weights(result.plan.units)
+        for metric in METRICS:
+            found = interval(result.values[metric], result.plan.labels, weights)
+            out[f"{metric} low"], out[f"{metric} high"] = round(found.low, 4), round(found.high, 4)
+    return out
 
 
 def score(folder: Path, sets: dict[str, TileSet], real: np.ndarray, near: Any) -> dict[str, Any]:
     """Every figure of one encoder artifact."""
     embedder = Embedder.from_artifact(folder)
-    row: dict[str, Any] = {dataset: retrieval(embedder, tiles) for dataset, tiles in sets.items()}
+    row: dict[str, Any] = {dataset: retrieval(embedder, tiles, True) for dataset, tiles in sets.items()}
     row["near_duplicates"] = top1(embedder, real, *near)
     training = load_meta(folder).training
     if training:
@@ -126,14 +137,22 @@ def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, dict[str, str]]:
         cells: dict[str, str] = {}
         for dataset in DATASETS:
             for metric in METRICS:
-                cells[f"{dataset} {metric}"] = _mean_sd(
-                    [s[encoder][dataset][metric] for s in per_seed.values()]
-                )
+                runs = [s[encoder][dataset] for s in per_seed.values()]
+                cells[f"{dataset} {metric}"] = _mean_sd([r[metric] for r in runs]) + _bounds(runs, metric)
         for part in (*SUMMARIES, "all"):
             values = [s[encoder]["near_duplicates"][part] for s in per_seed.values()]
             cells[f"near-dup {part}"] = _mean_sd(values)
         table[encoder] = cells
     return table
+
+
+def _bounds(runs: list[dict[str, float]], metric: str) -> str:
+    """`` [low, high]``: the 95 % slide-bootstrap interval, its bounds averaged over the seeds."""
+    if not all(f"{metric} low" in r for r in runs):
+        return ""
+    low = statistics.fmean(r[f"{metric} low"] for r in runs)
+    high = statistics.fmean(r[f"{metric} high"] for r in runs)
+    return f" [{low:.3f}, {high:.3f}]"
 
 
 def _mean_sd(values: list[float]) -> str:

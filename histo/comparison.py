@@ -37,6 +37,7 @@ class Conditions:
     pooling: int | None = None
     steps: int | None = None
     baseline: bool = False
+    architecture: str = ""
 
     def cells(self) -> list[str]:
         return [
@@ -87,6 +88,7 @@ def conditions_of(meta: ArtifactMeta | None, result: EncoderResult) -> Condition
         meta.orientation_pooling,
         int(steps) if steps else None,
         meta.kind == "baseline",
+        meta.architecture,
     )
 
 
@@ -113,27 +115,38 @@ def row_conditions(results: dict[str, EncoderResult], encoders_dir: Path) -> dic
 
 
 def mismatch(conditions: dict[str, Conditions]) -> str | None:
-    """One line naming what the rows differ in (training steps among trained rows only), or None."""
-    known = {n: c for n, c in conditions.items() if c.input_size is not None}
-    parts = []
-    for label, index in (
-        ("input size", 0),
-        ("µm/px seen", 1),
-        ("normalisation", 2),
-        ("orientation pooling", 3),
-    ):
-        values = {n: c.cells()[index] for n, c in known.items()}
-        if len(set(values.values())) > 1:
-            parts.append(f"{label} ({', '.join(f'{n} {v}' for n, v in values.items())})")
-    trained = {n: c.cells()[4] for n, c in known.items() if not c.baseline}
-    if len(set(trained.values())) > 1:
-        parts.append(f"training steps ({', '.join(f'{n} {v}' for n, v in trained.items())})")
-    if not parts:
+    """One line naming the conditions the rows differ in, or None. Input size and µm/px are compared
+    across the networks; normalisation and pooling among rows of one architecture (a colour
+    histogram has neither, a random ResNet is not fed like EfficientNet); steps among trained rows."""
+    networks = {
+        n: c for n, c in conditions.items() if c.input_size is not None and c.architecture != "colorhist"
+    }
+    parts = [_differ(label, networks, index) for label, index in (("input size", 0), ("µm/px seen", 1))]
+    for architecture in sorted({c.architecture for c in networks.values()}):
+        same = {n: c for n, c in networks.items() if c.architecture == architecture}
+        parts += [
+            _differ(label, same, index) for label, index in (("normalisation", 2), ("orientation pooling", 3))
+        ]
+    parts.append(_differ("training steps", {n: c for n, c in networks.items() if not c.baseline}, 4))
+    found = [p for p in dict.fromkeys(parts) if p]
+    if not found:
         return None
-    return (
-        "warning: the rows differ in " + "; ".join(parts) + ": part of their differences comes from "
-        "these conditions, not the method (ingest --input-size N makes baselines at the encoders' size)"
+    fix = (
+        " (ingest --input-size N makes the baselines at the encoders' size)"
+        if found[0].startswith("input")
+        else ""
     )
+    return (
+        "warning: the rows differ in " + "; ".join(found) + ": part of their differences comes from "
+        f"these conditions, not the method{fix}"
+    )
+
+
+def _differ(label: str, rows: dict[str, Conditions], index: int) -> str:
+    values = {name: c.cells()[index] for name, c in rows.items()}
+    if len(set(values.values())) < 2:
+        return ""
+    return f"{label} ({', '.join(f'{n} {v}' for n, v in values.items())})"
 
 
 @dataclass

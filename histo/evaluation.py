@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from histo.errors import InvalidInputError
+from histo.errors import InvalidInputError, NoMatchError
 from histo.metrics import QueryResult, per_query, summarise
-from histo.query_checks import require_dataset
+from histo.query_checks import Vocabulary, require_dataset
 from histo.store.base import SearchFilter, VectorStore
 from histo.uncertainty import PerQuery
 
@@ -117,6 +117,20 @@ class Narrowing:
     def describe(self) -> str:
         parts = [f"labels {', '.join(self.labels)}"] if self.labels else []
         return "; ".join(parts + ([f"source folder {self.root.absolute()}"] if self.root else []))
+
+
+def check_narrowing(store: VectorStore, dataset: str, narrowing: Narrowing) -> None:
+    """``NoMatchError`` for a label the data set lacks (a near miss named) or a folder none of its
+    tiles came from (the folders they did come from listed)."""
+    Vocabulary(store).check(SearchFilter(dataset=dataset, labels=narrowing.labels))
+    if narrowing.root is None:
+        return
+    roots = store.count_values("root", SearchFilter(dataset=dataset))
+    if str(narrowing.root.absolute()) not in roots:
+        raise NoMatchError(
+            f"no tile of {dataset} was ingested from {narrowing.root.absolute()}; its tiles come from: "
+            + ", ".join(f"{root} ({n})" for root, n in sorted(roots.items()))
+        )
 
 
 def load_tiles(
@@ -267,6 +281,8 @@ def evaluate(
     one query plan; an encoder without vectors for some of the tiles is scored apart (partial)."""
     ks = sorted(set(ks or [1, 5, 10]))
     require_dataset(store, dataset)
+    if narrowing is not None:
+        check_narrowing(store, dataset, narrowing)
     chosen = _chosen(store, encoders, ks)
     loaded = {name: load_tiles(store, dataset, name, narrowing) for name in chosen}
     where = f"{dataset} ({narrowing.describe()})" if narrowing and narrowing.describe() else dataset

@@ -25,6 +25,8 @@ from histo.evaluation import EncoderResult
 from histo.query_evaluation import FeedbackFigures
 
 BAR_METRICS = ("mMV@5", "mAP@5", "P@5", "Acc@1")
+#: Below this many resampling units (patients, slides or images) the report warns about its intervals.
+FEW_UNITS = 10
 #: Every file a report writes: a rerun into the same folder removes them first, so no plot of an
 #: earlier run (a query grid it drew, a feedback plot) is left beside the new figures.
 REPORT_FILES = (
@@ -278,6 +280,13 @@ def _markdown(
         f"on the same queries. Chance for mMV is {chance:.3f}.",
         "",
     ]
+    units = len(set(plan.units.tolist()))
+    if units < FEW_UNITS:
+        lines += [
+            f"**The queries come from {units} patients/slides/images only: intervals resampled from so few "
+            "are rough, and a verdict needs a large difference.**",
+            "",
+        ]
     if plan.left_out:
         named = ", ".join(f"{c} ({n} tiles)" for c, n in plan.left_out.items())
         lines += [
@@ -314,7 +323,7 @@ def _bars(comparison: Comparison, path: Path, chance: float) -> Path:
     ax.set_xticks(np.arange(len(names)) + width * (len(metrics) - 1) / 2, shown, rotation=20)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score (bars: 95 % interval)")
-    ax.legend(ncol=len(metrics) + 1, fontsize=8, loc="upper right")
+    ax.legend(ncol=len(metrics) + 1, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     ax.set_title("Retrieval metrics per encoder")
     return _save(fig, path)
 

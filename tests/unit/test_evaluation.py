@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from histo.evaluation import IndexedTiles, evaluate, evaluate_encoder, pick_queries, rank
+from histo.evaluation import IndexedTiles, Narrowing, evaluate, evaluate_encoder, pick_queries, rank
 from histo.report import build_comparison, write_report
 from histo.store import EdgeStore, Point
 
@@ -148,3 +148,16 @@ def test_the_bootstrap_resamples_query_slides(tmp_path: Path) -> None:
     results = _evaluated(tmp_path, _index_points(np.random.default_rng(4), skip_part=True), ks=[1])
     plan = results["good"].plan
     assert plan is not None and sorted(set(plan.units.tolist())) == [f"s{i}" for i in range(6)]
+
+
+def test_narrowing_to_labels_or_a_source_folder(tmp_path: Path) -> None:
+    points = _index_points(np.random.default_rng(5), skip_part=True)
+    for n, point in enumerate(points):
+        point.payload["root"] = str((tmp_path / ("lab_a" if n % 2 else "lab_b")).absolute())
+    results = _evaluated(tmp_path, points, ks=[1], narrowing=Narrowing(labels=("a", "b")))
+    tiles = results["good"].tiles
+    assert tiles is not None and set(tiles.labels.tolist()) == {"a", "b"} and len(tiles.ids) == 36
+    results = _evaluated(tmp_path / "2", points, ks=[1], narrowing=Narrowing(root=tmp_path / "lab_a"))
+    tiles = results["good"].tiles
+    assert tiles is not None and len(tiles.ids) == 27
+    assert {p["root"] for p in tiles.payloads} == {str((tmp_path / "lab_a").absolute())}
