@@ -35,6 +35,7 @@ SUITES = {
     "query_modes": "benchmarks.query_modes",
     "quantization": "benchmarks.quantization",
     "server_model": "benchmarks.server_model",
+    "real_tissue": "benchmarks.real_tissue",
 }
 console = Console(width=150)
 

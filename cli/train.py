@@ -22,6 +22,7 @@ from cli.common import (
     settings_of,
     tiling_config,
 )
+from histo.encoders import DEFAULT_INPUT_SIZE
 from histo.errors import InvalidInputError, StoreUnavailableError, unknown_name
 from histo.settings import Settings
 
@@ -66,7 +67,10 @@ def train(
         None, "--backbone-weights", help="Start from this state dict (e.g. a torchvision ResNet's)."
     ),
     input_size: int = typer.Option(
-        224, "--input-size", min=32, help="Pixels the encoder sees, at least 32 (tiles are resized)."
+        DEFAULT_INPUT_SIZE,
+        "--input-size",
+        min=32,
+        help="Pixels the encoder sees, at least 32 (tiles are resized; 96 by measurement, see README).",
     ),
     devices: str = typer.Option(
         "auto", "--devices", help="auto: all GPUs with DDP, else CPU; or cpu, or a count."

@@ -24,6 +24,7 @@ from histo.data.synth_slides import write_synthetic_slides
 from histo.data.tile_source import TileSource
 from histo.data.tiling import TilingConfig
 from histo.embedding import Embedder
+from histo.encoders import DEFAULT_INPUT_SIZE
 from histo.encoders.artifact import load_meta
 from histo.encoders.catalog import resolve_encoders
 from histo.encoders.registry import names
@@ -43,7 +44,7 @@ class DemoConfig:
     home: Path
     minutes: float = 10.0
     train_share: float = 0.55
-    input_size: int = 96
+    input_size: int = DEFAULT_INPUT_SIZE
     batch_size: int = 32
     init: str = "imagenet"
     bach_slides: int = 10

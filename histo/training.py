@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from histo.data.datasets import scan_dataset
 from histo.data.tile_cache import TileSet, load_tile_set
 from histo.data.tiling import TilingConfig
+from histo.encoders import DEFAULT_INPUT_SIZE
 from histo.encoders.artifact import ArtifactMeta, save_artifact
 from histo.encoders.backbones import EFFICIENTNET
 from histo.encoders.registry import create_encoder, get_spec
@@ -66,7 +67,7 @@ class TrainConfig:
     init: str = "imagenet"
     backbone: str | None = None
     backbone_weights: Path | None = None
-    input_size: int = 224
+    input_size: int = DEFAULT_INPUT_SIZE
     devices: str = "auto"
     precision: str = "auto"
     resume: bool = False

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from histo.encoders import DEFAULT_INPUT_SIZE
 from histo.encoders.artifact import META_FILE, list_artifacts, load_meta
 from histo.encoders.baselines import make_baseline_artifact
 from histo.encoders.registry import get_spec, names
 from histo.errors import InvalidInputError, unknown_name
-
-#: The input size of a baseline made with no trained encoder to match (torchvision's habit).
-DEFAULT_BASELINE_SIZE = 224
 
 
 def resolve_encoders(selection: str, encoders_dir: Path, input_size: int | None = None) -> dict[str, Path]:
@@ -26,7 +24,7 @@ def resolve_encoders(selection: str, encoders_dir: Path, input_size: int | None 
     Baselines made now take ``input_size`` — an existing baseline at another size is made again —
     or, without it, the input size of the trained encoders in the selection."""
     wanted = _expand(selection, encoders_dir)
-    size = input_size or trained_input_size(wanted, encoders_dir) or DEFAULT_BASELINE_SIZE
+    size = input_size or trained_input_size(wanted, encoders_dir) or DEFAULT_INPUT_SIZE
     return {name: _artifact_for(name, encoders_dir, size, remake=input_size is not None) for name in wanted}
 
 
