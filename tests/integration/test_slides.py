@@ -236,7 +236,8 @@ def test_the_cli(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_pat
         assert drawn.exit_code == 0 and out.read_bytes().startswith(b"\x89PNG"), drawn.output
         evaluated = runner.invoke(app, ["evaluate", "-d", "slides", "--level", "slide", "-k", "1,3"])
         assert evaluated.exit_code == 0 and "leave-one-slide-out" in evaluated.output, evaluated.output
-        assert (world["copy"] / "reports" / "slides-slides" / "metrics.json").is_file()
+        (report,) = (world["copy"] / "reports" / "slides-slides").iterdir()  # one new folder per run
+        assert (report / "metrics.json").is_file() and "95 % bootstrap" in (report / "report.md").read_text()
         missing = runner.invoke(app, ["search", "--slides", "--slide-id", "nope"])
         assert missing.exit_code == 1 and "no slide 'nope' in the index; its slides:" in missing.output
     finally:
